@@ -1,0 +1,35 @@
+"""The engine: pure torch. Soft prompts become per-task KV prefixes; mixed-task rows share steps."""
+
+from app.engine.engine import Engine, EngineConfig, SchedulerOutput
+from app.engine.kv import KVPrefix
+from app.engine.prefix import PrefixCache, PrefixCacheStats, compute_kv_prefix
+from app.engine.types import (
+    EngineFull,
+    FinishReason,
+    GenerationRequest,
+    RequestError,
+    RequestOutput,
+    SamplingParams,
+    StepRecord,
+    TokenLogprob,
+    TopLogprob,
+)
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineFull",
+    "FinishReason",
+    "GenerationRequest",
+    "KVPrefix",
+    "PrefixCache",
+    "PrefixCacheStats",
+    "RequestError",
+    "RequestOutput",
+    "SamplingParams",
+    "SchedulerOutput",
+    "StepRecord",
+    "TokenLogprob",
+    "TopLogprob",
+    "compute_kv_prefix",
+]

@@ -1,0 +1,85 @@
+"""Typed records at the engine's boundary: requests in, per-step outputs and step records out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from app.model import SoftPrompt
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # EOS or a stop string
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # cancelled by the caller
+
+
+class RequestError(ValueError):
+    """A request the engine cannot take; `param` names the offending field for the API."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; k: the chosen token plus the top k
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(frozen=True, eq=False)
+class GenerationRequest:
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    sampling: SamplingParams
+    soft_prompt: SoftPrompt | None = None  # None: the bare base model
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[TopLogprob, ...]
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """What one engine step produced for one request."""
+
+    request_id: str
+    token_ids: tuple[int, ...]  # new tokens this step
+    text: str  # new text this step (held back while it may still become a stop string)
+    logprobs: tuple[TokenLogprob, ...]  # one per new token when requested
+    finish_reason: FinishReason | None
+    prompt_tokens: int
+    completion_tokens: int  # so far
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Who took part in one engine step: the evidence for continuous batching."""
+
+    step: int
+    prefilled: tuple[str, ...]
+    decoded: tuple[str, ...]
+
+
+class EngineFull(RuntimeError):
+    """The waiting queue is at its cap; the caller should retry later."""

@@ -1,0 +1,7 @@
+"""The frozen base model: loading (HF folder, GGUF, embedded default) and its shape facts."""
+
+from app.model.loader import BaseModel, DType, load_base_model
+from app.model.soft_prompt import SoftPrompt, SoftPromptKind
+from app.model.spec import ModelSpec
+
+__all__ = ["BaseModel", "DType", "ModelSpec", "SoftPrompt", "SoftPromptKind", "load_base_model"]

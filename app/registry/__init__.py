@@ -1,0 +1,24 @@
+"""The prompt registry: PEFT-format soft prompts on disk, validated, immutable and versioned."""
+
+from app.registry.entry import PromptEntry, PromptFiles, build_entry
+from app.registry.errors import InvalidPrompt, InvalidTaskName, UnknownTask
+from app.registry.names import validate_task_name
+from app.registry.peft_format import Limits, PromptKind
+from app.registry.store import Registry, SkippedEntry
+from app.registry.task_meta import SamplingDefaults, TaskMeta
+
+__all__ = [
+    "InvalidPrompt",
+    "InvalidTaskName",
+    "Limits",
+    "PromptEntry",
+    "PromptFiles",
+    "PromptKind",
+    "Registry",
+    "SamplingDefaults",
+    "SkippedEntry",
+    "TaskMeta",
+    "UnknownTask",
+    "build_entry",
+    "validate_task_name",
+]
