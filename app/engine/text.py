@@ -15,6 +15,7 @@ class TextStream:
         self._stop = stop
         self._ids: list[int] = []
         self._emitted = 0  # characters of the decoded text already released
+        self._cut: int | None = None  # where a stop string began: nothing after it is released
 
     def _decode(self) -> str:
         return str(self._tokenizer.decode(self._ids, skip_special_tokens=True))
@@ -25,6 +26,7 @@ class TextStream:
         text = self._decode()
         cut = min((i for i in (text.find(s) for s in self._stop) if i >= 0), default=-1)
         if cut >= 0:
+            self._cut = cut
             return self._release(text, cut), True
         end = len(text.rstrip("\ufffd"))  # an incomplete multi-byte character decodes as U+FFFD
         # Hold back the longest tail that is still the beginning of some stop string.
@@ -38,7 +40,7 @@ class TextStream:
 
     def flush(self) -> str:
         """At the end (EOS or length): release whatever was held back."""
-        return self._release(self._decode(), None)
+        return self._release(self._decode(), self._cut)
 
     def _release(self, text: str, end: int | None) -> str:
         end = len(text) if end is None else end

@@ -1,0 +1,67 @@
+"""The FastAPI application factory. State is created in the lifespan, never at import."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
+from app.api.routes import chat, completions, health, models
+from app.api.state import Runtime, build_services
+from app.model import BaseModel, load_base_model
+from app.settings import Settings
+from fastapi import FastAPI
+
+from app import __version__
+
+log = logging.getLogger("softserve.api")
+
+
+async def _start(runtime: Runtime, base: BaseModel | None) -> None:
+    settings = runtime.settings
+    try:
+        if base is None:
+            base = await asyncio.to_thread(
+                load_base_model,
+                settings.model,
+                device=settings.device,
+                dtype=settings.dtype,
+                cache_dir=settings.cache_dir,
+            )
+        runtime.services = await asyncio.to_thread(build_services, settings, base)
+        log.info("ready: model %s, %d prompts", base.spec.model_id, len(runtime.services.registry))
+    except Exception as exc:
+        log.exception("start-up failed")
+        runtime.load_error = f"start-up failed: {exc}"
+
+
+def create_app(settings: Settings, base: BaseModel | None = None) -> FastAPI:
+    """`base` lets tests inject an already-built model; otherwise the lifespan loads one,
+    in a worker thread, while /health answers 503."""
+    runtime = Runtime(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        starting = asyncio.create_task(_start(runtime, base))
+        try:
+            yield
+        finally:
+            await asyncio.shield(starting)
+            if runtime.services is not None:
+                runtime.services.scheduler.stop()
+
+    app = FastAPI(
+        title="Softserve",
+        version=__version__,
+        description="Multi-task LLM inference with hot-swappable soft prompts (OpenAI-compatible).",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit_for=lambda path: settings.max_body_bytes)
+    for module in (health, models, completions, chat):
+        app.include_router(module.router)
+    return app

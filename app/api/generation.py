@@ -1,0 +1,203 @@
+"""What completions and chat share: resolve the task, build engine requests, run them through the
+scheduler, and collect or stream the outputs (aborting rows whose client went away)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from app.api.errors import ApiError
+from app.api.schemas import FinishText, SamplingFields
+from app.api.state import Services
+from app.engine import (
+    FinishReason,
+    GenerationRequest,
+    RequestError,
+    RequestOutput,
+    SamplingParams,
+    TokenLogprob,
+)
+from app.model import SoftPrompt
+from app.registry import TaskMeta, UnknownTask
+from app.scheduler import SchedulerFull, SchedulerStopped, Submission
+from fastapi import Request
+
+DISCONNECT_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Target:
+    """The task a request names, read once at admission: it finishes with this version."""
+
+    name: str
+    soft_prompt: SoftPrompt | None
+    meta: TaskMeta
+
+
+def resolve_target(services: Services, model: str) -> Target:
+    if model == services.base.spec.model_id:
+        return Target(name=model, soft_prompt=None, meta=TaskMeta())
+    try:
+        entry = services.registry.get(model)
+    except UnknownTask:
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist: use a task from GET /v1/models "
+            f"or the base model '{services.base.spec.model_id}'",
+            param="model",
+            code="model_not_found",
+        ) from None
+    return Target(name=model, soft_prompt=entry.soft_prompt, meta=entry.meta)
+
+
+def check_supported(body: SamplingFields, max_n: int) -> None:
+    if body.presence_penalty or body.frequency_penalty:
+        name = "presence_penalty" if body.presence_penalty else "frequency_penalty"
+        raise ApiError(400, f"{name} is not supported (use 0)", param=name)
+    if body.logit_bias:
+        raise ApiError(400, "logit_bias is not supported", param="logit_bias")
+    if body.n > max_n:
+        raise ApiError(400, f"n must be <= {max_n}, got {body.n}", param="n")
+
+
+def stop_strings(stop: str | list[str] | None, default: tuple[str, ...] | None) -> tuple[str, ...]:
+    if stop is None:
+        return default or ()
+    items = [stop] if isinstance(stop, str) else stop
+    if len(items) > 4 or any(not s for s in items):
+        raise ApiError(400, "stop must be at most 4 non-empty strings", param="stop")
+    return tuple(items)
+
+
+def sampling_params(
+    body: SamplingFields,
+    meta: TaskMeta,
+    *,
+    max_tokens: int | None,
+    default_max_tokens: int,
+    logprobs: int | None,
+) -> SamplingParams:
+    """Request values win, then the task's task.json defaults, then OpenAI's defaults."""
+    d = meta.defaults
+    return SamplingParams(
+        max_tokens=max_tokens or d.max_tokens or default_max_tokens,
+        temperature=body.temperature
+        if body.temperature is not None
+        else (d.temperature if d.temperature is not None else 1.0),
+        top_p=body.top_p if body.top_p is not None else (d.top_p if d.top_p is not None else 1.0),
+        top_k=body.top_k if body.top_k is not None else (d.top_k or 0),
+        seed=body.seed,
+        stop=stop_strings(body.stop, d.stop),
+        ignore_eos=body.ignore_eos,
+        logprobs=logprobs,
+    )
+
+
+def fan_out(
+    prompts: list[tuple[int, ...]], n: int, params: SamplingParams, soft_prompt: SoftPrompt | None
+) -> list[GenerationRequest]:
+    """One engine request per (prompt, choice); choice index = prompt_index * n + j. A seeded
+    request gives choice j the seed + j, so choices differ but stay reproducible."""
+    group = uuid.uuid4().hex
+    requests = []
+    for p, prompt in enumerate(prompts):
+        for j in range(n):
+            seed = None if params.seed is None else (params.seed + j) % 2**63
+            choice = SamplingParams(**{**params.__dict__, "seed": seed})
+            requests.append(GenerationRequest(f"{group}-{p * n + j}", prompt, choice, soft_prompt))
+    return requests
+
+
+def finish_text(reason: FinishReason | None) -> FinishText | None:
+    if reason is None:
+        return None
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def choice_index(request_id: str) -> int:
+    return int(request_id.rsplit("-", 1)[1])
+
+
+def submit(services: Services, requests: list[GenerationRequest]) -> Submission:
+    try:
+        return services.scheduler.submit(requests)
+    except RequestError as exc:
+        raise ApiError(400, str(exc), param=exc.param, code="invalid_request") from None
+    except SchedulerFull as exc:
+        raise ApiError(
+            429, f"server overloaded: {exc}", code="overloaded", headers={"Retry-After": "1"}
+        ) from None
+    except SchedulerStopped as exc:
+        raise ApiError(503, str(exc), code="unavailable", headers={"Retry-After": "5"}) from None
+
+
+@dataclass
+class ChoiceResult:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+
+    def add(self, out: RequestOutput) -> None:
+        self.text += out.text
+        self.token_ids.extend(out.token_ids)
+        self.logprobs.extend(out.logprobs)
+        self.prompt_tokens = out.prompt_tokens
+        self.finish_reason = out.finish_reason or self.finish_reason
+
+
+async def _until_disconnected(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def collect(submission: Submission, request: Request, count: int) -> list[ChoiceResult]:
+    """Gather every choice; if the client disconnects first, abort the rows and stop."""
+    results = [ChoiceResult() for _ in range(count)]
+
+    async def gather() -> None:
+        async with submission:
+            async for out in submission:
+                results[choice_index(out.request_id)].add(out)
+
+    work = asyncio.ensure_future(gather())
+    watch = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()  # leaving `async with submission` aborts the unfinished rows
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise ApiError(499, "client disconnected") from None
+    except RequestError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
+    except RuntimeError as exc:
+        raise ApiError(503, str(exc), code="engine_error", headers={"Retry-After": "5"}) from None
+    return results
+
+
+async def sse_events(
+    submission: Submission,
+    render: Callable[[RequestOutput], list[str]],
+    closing: Callable[[], list[str]],
+) -> AsyncIterator[str]:
+    """Server-Sent Events: one `data:` line per chunk, then `data: [DONE]`. A client that goes
+    away cancels this generator, and leaving `async with` aborts its rows."""
+    async with submission:
+        try:
+            async for out in submission:
+                for chunk in render(out):
+                    yield f"data: {chunk}\n\n"
+            for chunk in closing():
+                yield f"data: {chunk}\n\n"
+        except (RequestError, RuntimeError) as exc:
+            error = {"message": str(exc), "type": "server_error", "param": None, "code": None}
+            yield f"data: {json.dumps({'error': error})}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,52 @@
+"""Application state, built in the lifespan: the services every route depends on."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from app.engine import Engine, EngineConfig
+from app.model import BaseModel
+from app.registry import Limits, Registry
+from app.scheduler import Scheduler, SchedulerConfig
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    base: BaseModel
+    registry: Registry
+    engine: Engine
+    scheduler: Scheduler
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class Runtime:
+    """Mutable holder on `app.state`: empty while the model loads, then the services."""
+
+    settings: Settings
+    services: Services | None = None
+    load_error: str | None = None
+
+
+def build_services(settings: Settings, base: BaseModel) -> Services:
+    registry = Registry(
+        settings.prompts, base.spec, Limits(max_virtual_tokens=settings.max_virtual_tokens)
+    )
+    registry.load_all()
+    engine = Engine(
+        base,
+        EngineConfig(
+            max_batch_size=settings.max_batch_size,
+            max_waiting=settings.max_in_flight,
+            kv_prefix_cache_mib=settings.kv_cache_mib,
+            max_context=settings.max_context,
+        ),
+    )
+    scheduler = Scheduler(engine, SchedulerConfig(max_in_flight=settings.max_in_flight))
+    scheduler.start()
+    return Services(
+        settings=settings, base=base, registry=registry, engine=engine, scheduler=scheduler
+    )

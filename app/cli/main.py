@@ -1,0 +1,71 @@
+"""`softserve` (also `python -m app`): serve, and the registry/training commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
+    p.add_argument(
+        "--model", help="'default' (embedded SmolLM2-135M-Instruct), a HF folder or a .gguf file"
+    )
+    p.add_argument("--prompts", help="prompt registry folder (default: prompts/)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--device", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16")
+    p.add_argument("--max-batch-size", type=int, dest="max_batch_size")
+    p.add_argument("--log-level", dest="log_level")
+
+
+def build_settings(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
+    """Flags given on the command line win over SOFTSERVE_* variables, which win over defaults."""
+    overrides = {
+        name: getattr(args, name) for name in fields if getattr(args, name, None) is not None
+    }
+    return Settings(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.api.app import create_app
+
+    settings = build_settings(
+        args, ["model", "prompts", "host", "port", "device", "dtype", "max_batch_size", "log_level"]
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="softserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+    except ValidationError as exc:
+        print(f"softserve: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2

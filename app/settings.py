@@ -1,0 +1,45 @@
+"""The one Settings object: built once at start-up (CLI flags over SOFTSERVE_* environment
+variables over defaults) and passed down as plain values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.model import DType
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "softserve"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOFTSERVE_", extra="ignore", frozen=True)
+
+    model: str = Field(
+        "default", description="'default', a Hugging Face model folder or a .gguf file"
+    )
+    prompts: Path = Field(Path("prompts"), description="the prompt registry folder")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: str = "cpu"
+    dtype: DType = DType.FLOAT32
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_in_flight: int = Field(256, ge=1)
+    max_context: int | None = Field(None, ge=1)
+    kv_cache_mib: float = Field(256.0, gt=0)
+    max_virtual_tokens: int = Field(256, ge=1)
+
+    default_max_tokens: int = Field(16, ge=1, description="completions without max_tokens")
+    default_chat_max_tokens: int = Field(512, ge=1, description="chat without max_tokens")
+    max_n: int = Field(8, ge=1)
+    max_logprobs: int = Field(20, ge=0)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+
+    api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
+    log_level: str = "info"
