@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.model import DType
@@ -43,3 +43,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None
     log_level: str = "info"
+
+    @field_validator("api_key", "admin_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        # `SOFTSERVE_API_KEY=` (empty) means "no key", not "the empty key".
+        return None if value == "" else value

@@ -47,15 +47,20 @@ def tiny() -> BaseModel:
 MakeAdapter = Callable[..., Path]
 
 
+def write_adapter(
+    base: BaseModel, root: Path, name: str, kind: str, num_virtual_tokens: int = 5, seed: int = 1
+) -> Path:
+    """Write a PEFT adapter (made by PEFT itself, random weights) as `root/name`."""
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(base.model, peft_config(kind, num_virtual_tokens))
+    peft_model.save_pretrained(str(root / name))
+    return root / name
+
+
 @pytest.fixture
 def make_adapter(tiny: BaseModel) -> MakeAdapter:
-    """Write a PEFT adapter (made by PEFT itself, random weights) as `root/name`."""
-
     def make(root: Path, name: str, kind: str, num_virtual_tokens: int = 5, seed: int = 1) -> Path:
-        torch.manual_seed(seed)
-        peft_model = get_peft_model(tiny.model, peft_config(kind, num_virtual_tokens))
-        peft_model.save_pretrained(str(root / name))
-        return root / name
+        return write_adapter(tiny, root, name, kind, num_virtual_tokens, seed)
 
     return make
 

