@@ -1,0 +1,110 @@
+"""Cold start: time from `softserve serve` to the first answer, first start vs cached start.
+
+    .venv/bin/python -m bench.cold_start [--runs 2]
+
+The first start uses an empty cache folder (the GGUF is de-quantized and cached); each later start
+reuses it. Writes bench/results/cold_start.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+QUESTION = {"role": "user", "content": "What is the capital of France?"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def time_to_first_answer(cache_dir: Path, prompts: Path) -> tuple[float, float, str]:
+    port = free_port()
+    env = {**os.environ, "SOFTSERVE_CACHE_DIR": str(cache_dir), "SOFTSERVE_PROMPTS": str(prompts)}
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("server exited during start-up")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        healthy = time.perf_counter() - start
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={
+                "model": "SmolLM2-135M-Instruct",
+                "messages": [QUESTION],
+                "max_tokens": 20,
+                "temperature": 0,
+            },
+            timeout=120,
+        )
+        answered = time.perf_counter() - start
+        return healthy, answered, r.json()["choices"][0]["message"]["content"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=2, help="starts in all (the first is uncached)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/cold_start.json"))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache, prompts = Path(tmp) / "cache", Path(tmp) / "prompts"
+        prompts.mkdir()
+        for i in range(args.runs):
+            healthy, answered, text = time_to_first_answer(cache, prompts)
+            rows.append(
+                {
+                    "start": "first (uncached)" if i == 0 else "cached",
+                    "healthy_s": healthy,
+                    "first_answer_s": answered,
+                    "answer": text,
+                }
+            )
+    print(f"{'start':<18} {'healthy (s)':>12} {'first answer (s)':>17}")
+    for row in rows:
+        print(f"{row['start']:<18} {row['healthy_s']:>12.2f} {row['first_answer_s']:>17.2f}")
+    cached = [r["first_answer_s"] for r in rows[1:]]
+    if cached:
+        print(
+            f"first/cached ratio: {rows[0]['first_answer_s'] / min(cached):.1f}x; answer: {rows[-1]['answer']!r}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    args.out.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
