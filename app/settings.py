@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     default_chat_max_tokens: int = Field(512, ge=1, description="chat without max_tokens")
     max_n: int = Field(8, ge=1)
     max_logprobs: int = Field(20, ge=0)
-    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="JSON request bodies")
+    max_upload_bytes: int = Field(32 << 20, ge=1024, description="a PUT /v1/prompts body")
+    registry_poll_s: float = Field(0.5, gt=0, description="how often to pick up changes on disk")
 
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None

@@ -68,9 +68,9 @@ def test_bad_requests_rejected(
 def test_waiting_queue_cap(tiny: BaseModel) -> None:
     engine = Engine(tiny, EngineConfig(max_batch_size=2, max_waiting=3))
     for i in range(3):
-        engine.add_request(_req(f"r{i}", (1, 2)))
+        engine.add_request(_req(f"r{i}", (1, 2), ignore_eos=True))
     with pytest.raises(EngineFull):
-        engine.add_request(_req("r3", (1, 2)))
+        engine.add_request(_req("r3", (1, 2), ignore_eos=True))
     engine.step()  # two admitted, one still waiting
     assert engine.num_running == 2 and engine.num_waiting == 1
-    engine.add_request(_req("r4", (1, 2)))
+    engine.add_request(_req("r4", (1, 2), ignore_eos=True))

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
-from app.api.routes import chat, completions, health, models
+from app.api.routes import chat, completions, health, models, prompts
 from app.api.state import Runtime, build_services
 from app.model import BaseModel, load_base_model
 from app.settings import Settings
@@ -51,6 +51,7 @@ def create_app(settings: Settings, base: BaseModel | None = None) -> FastAPI:
         finally:
             await asyncio.shield(starting)
             if runtime.services is not None:
+                runtime.services.watcher.stop()
                 runtime.services.scheduler.stop()
 
     app = FastAPI(
@@ -61,7 +62,14 @@ def create_app(settings: Settings, base: BaseModel | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, limit_for=lambda path: settings.max_body_bytes)
-    for module in (health, models, completions, chat):
+    app.add_middleware(
+        BodySizeLimit,
+        limit_for=lambda path: (
+            settings.max_upload_bytes
+            if path.startswith("/v1/prompts/")
+            else settings.max_body_bytes
+        ),
+    )
+    for module in (health, models, completions, chat, prompts):
         app.include_router(module.router)
     return app

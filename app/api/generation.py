@@ -35,11 +35,12 @@ class Target:
     name: str
     soft_prompt: SoftPrompt | None
     meta: TaskMeta
+    fingerprint: str  # OpenAI's system_fingerprint: the exact task version that served it
 
 
 def resolve_target(services: Services, model: str) -> Target:
     if model == services.base.spec.model_id:
-        return Target(name=model, soft_prompt=None, meta=TaskMeta())
+        return Target(name=model, soft_prompt=None, meta=TaskMeta(), fingerprint=model)
     try:
         entry = services.registry.get(model)
     except UnknownTask:
@@ -50,7 +51,12 @@ def resolve_target(services: Services, model: str) -> Target:
             param="model",
             code="model_not_found",
         ) from None
-    return Target(name=model, soft_prompt=entry.soft_prompt, meta=entry.meta)
+    return Target(
+        name=model,
+        soft_prompt=entry.soft_prompt,
+        meta=entry.meta,
+        fingerprint=f"{model}@{entry.version}:{entry.sha256[:12]}",
+    )
 
 
 def check_supported(body: SamplingFields, max_n: int) -> None:

@@ -96,6 +96,7 @@ class CompletionResponse(BaseModel):
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
+    system_fingerprint: str | None = None
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -131,6 +132,7 @@ class ChatCompletionResponse(BaseModel):
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
+    system_fingerprint: str | None = None
     choices: list[ChatChoice]
     usage: Usage
 
@@ -152,6 +154,7 @@ class ChatCompletionChunk(BaseModel):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
+    system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
@@ -184,3 +187,36 @@ class ErrorBody(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "loading", "unhealthy"]
     detail: str | None = None
+
+
+class PromptInfo(BaseModel):
+    id: str = Field(description="the task name; use it as `model`")
+    object: Literal["prompt"] = "prompt"
+    kind: Literal["PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"]
+    num_virtual_tokens: int
+    version: int
+    sha256: str = Field(description="of adapter_model.safetensors")
+    created: int
+    description: str | None = None
+    system_prompt: bool = Field(description="whether task.json sets a chat system prompt")
+    template: str | None = None
+    labels: list[str] = Field(default_factory=list)
+
+
+class SkippedInfo(BaseModel):
+    path: str
+    reason: str
+
+
+class PromptList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PromptInfo]
+    skipped: list[SkippedInfo] = Field(
+        description="folders that failed validation, with the reason"
+    )
+
+
+class PromptDeleted(BaseModel):
+    id: str
+    object: Literal["prompt"] = "prompt"
+    deleted: bool

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from app.engine import Engine, EngineConfig
 from app.model import BaseModel
-from app.registry import Limits, Registry
+from app.registry import Limits, Registry, RegistryWatcher
 from app.scheduler import Scheduler, SchedulerConfig
 from app.settings import Settings
 
@@ -19,6 +19,7 @@ class Services:
     registry: Registry
     engine: Engine
     scheduler: Scheduler
+    watcher: RegistryWatcher
     started: float = field(default_factory=time.time)
 
 
@@ -32,10 +33,13 @@ class Runtime:
 
 
 def build_services(settings: Settings, base: BaseModel) -> Services:
-    registry = Registry(
-        settings.prompts, base.spec, Limits(max_virtual_tokens=settings.max_virtual_tokens)
+    limits = Limits(
+        max_virtual_tokens=settings.max_virtual_tokens, max_tensor_bytes=settings.max_upload_bytes
     )
+    registry = Registry(settings.prompts, base.spec, limits)
     registry.load_all()
+    watcher = RegistryWatcher(registry, settings.registry_poll_s)
+    watcher.start()
     engine = Engine(
         base,
         EngineConfig(
@@ -48,5 +52,10 @@ def build_services(settings: Settings, base: BaseModel) -> Services:
     scheduler = Scheduler(engine, SchedulerConfig(max_in_flight=settings.max_in_flight))
     scheduler.start()
     return Services(
-        settings=settings, base=base, registry=registry, engine=engine, scheduler=scheduler
+        settings=settings,
+        base=base,
+        registry=registry,
+        engine=engine,
+        scheduler=scheduler,
+        watcher=watcher,
     )

@@ -6,11 +6,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from app.settings import Settings
+from app.cli import prompts
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 def _add_serve(sub: Any) -> None:
@@ -29,6 +32,8 @@ def _add_serve(sub: Any) -> None:
 
 def build_settings(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
     """Flags given on the command line win over SOFTSERVE_* variables, which win over defaults."""
+    from app.settings import Settings  # imports torch: only for the commands that need it
+
     overrides = {
         name: getattr(args, name) for name in fields if getattr(args, name, None) is not None
     }
@@ -60,10 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="softserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    prompts.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "prompts":
+            return prompts.run_prompts(args)
+        if args.command == "import-peft":
+            return prompts.run_import(args)
     except ValidationError as exc:
         print(f"softserve: invalid setting: {exc}", file=sys.stderr)
         return 2

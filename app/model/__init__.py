@@ -1,7 +1,16 @@
 """The frozen base model: loading (HF folder, GGUF, embedded default) and its shape facts."""
 
-from app.model.loader import BaseModel, DType, load_base_model
+from app.model.loader import BaseModel, DType, ModelLoadError, load_base_model, load_model_spec
 from app.model.soft_prompt import SoftPrompt, SoftPromptKind
 from app.model.spec import ModelSpec
 
-__all__ = ["BaseModel", "DType", "ModelSpec", "SoftPrompt", "SoftPromptKind", "load_base_model"]
+__all__ = [
+    "BaseModel",
+    "DType",
+    "ModelLoadError",
+    "ModelSpec",
+    "SoftPrompt",
+    "SoftPromptKind",
+    "load_base_model",
+    "load_model_spec",
+]

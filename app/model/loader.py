@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from app.model.spec import ModelSpec
 
@@ -85,13 +85,17 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _cache_target(gguf: Path, cache_dir: Path) -> Path:
+    return cache_dir / f"{gguf.stem}-{_file_digest(gguf)[:16]}"
+
+
 def convert_gguf_cached(gguf: Path, cache_dir: Path) -> Path:
     """De-quantize a GGUF file to an fp32 safetensors folder once; later starts load that folder.
 
     The folder is keyed by the GGUF file's sha256 and published with one atomic rename, so a
     crash or a concurrent start never leaves a half-written cache that looks complete.
     """
-    target = cache_dir / f"{gguf.stem}-{_file_digest(gguf)[:16]}"
+    target = _cache_target(gguf, cache_dir)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     log.info("converting %s to safetensors (first start only) into %s", gguf, target)
@@ -117,6 +121,26 @@ def convert_gguf_cached(gguf: Path, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def load_model_spec(source: str, cache_dir: Path) -> ModelSpec:
+    """The model's shapes from its config alone (no weights): enough to validate prompts."""
+    path = Path(source).expanduser()
+    gguf = locate_default_gguf() if source == DEFAULT_SOURCE else path
+    if gguf.is_file() and gguf.suffix == ".gguf":
+        model_id = DEFAULT_MODEL_ID if source == DEFAULT_SOURCE else gguf.stem
+        cached = _cache_target(gguf, cache_dir)
+        if (cached / "config.json").is_file():  # parsing the GGUF itself takes ~10 s
+            config = AutoConfig.from_pretrained(str(cached))
+        else:
+            config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    elif path.is_dir() and (path / "config.json").is_file():
+        model_id, config = path.resolve().name, AutoConfig.from_pretrained(str(path))
+    else:
+        raise ModelLoadError(
+            f"--model {source!r} is neither 'default', a .gguf file, nor a model folder"
+        )
+    return ModelSpec.from_hf_config(config, model_id, eos_token_ids=())
 
 
 def _resolve_source(source: str, cache_dir: Path) -> tuple[Path, str]:

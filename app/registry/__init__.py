@@ -4,7 +4,7 @@ from app.registry.entry import PromptEntry, PromptFiles, build_entry
 from app.registry.errors import InvalidPrompt, InvalidTaskName, UnknownTask
 from app.registry.names import validate_task_name
 from app.registry.peft_format import Limits, PromptKind
-from app.registry.store import Registry, SkippedEntry
+from app.registry.store import Registry, RegistryWatcher, SkippedEntry
 from app.registry.task_meta import SamplingDefaults, TaskMeta
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "PromptFiles",
     "PromptKind",
     "Registry",
+    "RegistryWatcher",
     "SamplingDefaults",
     "SkippedEntry",
     "TaskMeta",

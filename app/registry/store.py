@@ -1,7 +1,8 @@
-"""The prompt registry: task name -> immutable PromptEntry, loaded from a PEFT-layout folder.
+"""The prompt registry: task name -> immutable PromptEntry, backed by a PEFT-layout folder.
 
 Readers never lock: the mapping is replaced whole (copy-on-write), so a reader sees either the
-old or the new entry, never a half-updated one.
+old or the new entry, never a half-updated one. Writes go through `disk` (atomic, crash-safe,
+serialized across processes); `sync` picks up what other processes (or people) changed.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import logging
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from app.model.spec import ModelSpec
+from app.registry import disk
 from app.registry.entry import PromptEntry, PromptFiles, build_entry
 from app.registry.errors import InvalidPrompt, UnknownTask
 from app.registry.names import validate_task_name
@@ -79,13 +82,25 @@ class Registry:
         self.spec = spec
         self.limits = limits or Limits()
         self._entries: MappingProxyType[str, PromptEntry] = MappingProxyType({})
-        self._skipped: tuple[SkippedEntry, ...] = ()
-        self._write_lock = threading.Lock()
+        self._skipped: dict[str, SkippedEntry] = {}
+        self._seen: dict[str, disk.FolderSignature | None] = {}  # what each entry was loaded from
+        self._pending: dict[str, disk.FolderSignature | None] = {}  # changed, waiting to settle
+        self._versions: dict[str, int] = {}  # last version handed out, kept across deletes
+        self._lock = threading.RLock()
+        self._swaps = 0
+        self.step: disk.Step = lambda _: None  # test seam: see disk.write_entry
+
+    # -- reads (lock-free) ------------------------------------------------------------------
 
     @property
     def skipped(self) -> tuple[SkippedEntry, ...]:
-        """Folders found at the last scan that failed validation, with the reason."""
-        return self._skipped
+        """Folders that failed validation at the last scan, with the reason."""
+        return tuple(self._skipped[name] for name in sorted(self._skipped))
+
+    @property
+    def swaps(self) -> int:
+        """Entries added, replaced or removed since start-up."""
+        return self._swaps
 
     def get(self, name: str) -> PromptEntry:
         entry = self._entries.get(name)
@@ -103,31 +118,163 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def load_entry(self, folder: Path, version: int) -> PromptEntry:
-        files = read_prompt_folder(folder, self.limits)
-        created = (folder / TENSOR_FILE).stat().st_mtime
-        return build_entry(
-            folder.name, files, spec=self.spec, limits=self.limits, version=version, created=created
-        )
+    # -- loading ----------------------------------------------------------------------------
+
+    def _next_version(self, name: str) -> int:
+        self._versions[name] = self._versions.get(name, 0) + 1
+        return self._versions[name]
+
+    def _publish(self, changes: dict[str, PromptEntry | None]) -> None:
+        merged = dict(self._entries)
+        for name, entry in changes.items():
+            if entry is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = entry
+        self._entries = MappingProxyType(merged)
+        self._swaps += len(changes)
+
+    def _load_folder(self, name: str, folder: Path) -> PromptEntry | None:
+        try:
+            validate_task_name(name)
+            files = read_prompt_folder(folder, self.limits)
+            created = (folder / TENSOR_FILE).stat().st_mtime
+            entry = build_entry(
+                name,
+                files,
+                spec=self.spec,
+                limits=self.limits,
+                version=self._versions.get(name, 0) + 1,
+                created=created,
+            )
+        except (InvalidPrompt, OSError) as exc:
+            if name not in self._skipped or self._skipped[name].reason != str(exc):
+                log.warning("skipping prompt %s: %s", folder, exc)
+            self._skipped[name] = SkippedEntry(path=str(folder), reason=str(exc))
+            return None
+        self._skipped.pop(name, None)
+        self._versions[name] = entry.version
+        return entry
 
     def load_all(self) -> None:
-        """Scan the folder. Invalid entries are skipped with a log line; start-up never fails."""
-        loaded: dict[str, PromptEntry] = {}
-        skipped: list[SkippedEntry] = []
-        self.root.mkdir(parents=True, exist_ok=True)
-        for folder in sorted(self.root.iterdir()):
-            # Hidden names are staging folders of in-flight writes, never entries.
-            if folder.name.startswith(".") or not (folder.is_dir() or folder.is_symlink()):
-                continue
-            try:
-                validate_task_name(folder.name)
-                loaded[folder.name] = self.load_entry(folder, version=1)
-            except InvalidPrompt as exc:
-                skipped.append(SkippedEntry(path=str(folder), reason=str(exc)))
-                log.warning("skipping prompt %s: %s", folder, exc)
-        with self._write_lock:
-            self._entries = MappingProxyType(loaded)
-            self._skipped = tuple(skipped)
+        """Start-up scan: finish any interrupted write, then load every folder. Invalid entries
+        are skipped with a log line; start-up never fails because of one."""
+        with self._lock, disk.locked(self.root, exclusive=True):
+            disk.recover(self.root)
+            self._skipped.clear()
+            changes: dict[str, PromptEntry | None] = {name: None for name in self._entries}
+            self._seen.clear()
+            for name, folder in sorted(disk.task_folders(self.root).items()):
+                self._seen[name] = disk.signature(folder)
+                entry = self._load_folder(name, folder)
+                changes[name] = entry
+            self._publish(changes)
         log.info(
-            "registry: %d prompts loaded from %s, %d skipped", len(loaded), self.root, len(skipped)
+            "registry: %d prompts loaded from %s, %d skipped",
+            len(self),
+            self.root,
+            len(self._skipped),
         )
+
+    def sync(self) -> int:
+        """Pick up changes made by other processes or by hand. A new or changed folder is loaded
+        once its signature is the same on two polls in a row (a folder still being copied is not
+        loaded half-written). Returns the number of entries changed."""
+        with self._lock, disk.locked(self.root, exclusive=False):
+            folders = disk.task_folders(self.root)
+            changes: dict[str, PromptEntry | None] = {}
+            for name in set(self._seen) - set(folders):
+                del self._seen[name]
+                self._pending.pop(name, None)
+                self._skipped.pop(name, None)
+                if name in self._entries:
+                    changes[name] = None
+            for name, folder in folders.items():
+                sig = disk.signature(folder)
+                if name in self._seen and self._seen[name] == sig:
+                    self._pending.pop(name, None)
+                    continue
+                if name not in self._pending or self._pending[name] != sig:
+                    self._pending[name] = sig  # changed: wait one poll for it to settle
+                    continue
+                del self._pending[name]
+                self._seen[name] = sig
+                entry = self._load_folder(name, folder)
+                if entry is not None:  # an invalid edit keeps the last good version serving
+                    changes[name] = entry
+            if changes:
+                self._publish(changes)
+                log.info(
+                    "registry sync: %s",
+                    ", ".join(
+                        f"{n} {'updated' if e else 'removed'}" for n, e in sorted(changes.items())
+                    ),
+                )
+            return len(changes)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def put(self, name: str, files: PromptFiles) -> PromptEntry:
+        """Validate completely, then persist atomically and publish. Servable on return."""
+        validate_task_name(name)
+        with self._lock:
+            entry = build_entry(
+                name,
+                files,
+                spec=self.spec,
+                limits=self.limits,
+                version=self._versions.get(name, 0) + 1,
+                created=time.time(),
+            )
+            with disk.locked(self.root, exclusive=True):
+                disk.recover(self.root)
+                disk.write_entry(self.root, name, files, self.step)
+                self._seen[name] = disk.signature(self.root / name)
+            self._pending.pop(name, None)
+            self._skipped.pop(name, None)
+            self._versions[name] = entry.version
+            self._publish({name: entry})
+        return entry
+
+    def delete(self, name: str) -> PromptEntry | None:
+        """Remove the folder and the entry. Running requests keep the version they hold."""
+        validate_task_name(name)
+        with self._lock:
+            with disk.locked(self.root, exclusive=True):
+                disk.recover(self.root)
+                if not (self.root / name).exists() and name not in self._entries:
+                    raise UnknownTask(name)
+                if (self.root / name).exists():
+                    disk.remove_entry(self.root, name, self.step)
+            self._seen.pop(name, None)
+            self._pending.pop(name, None)
+            self._skipped.pop(name, None)
+            old = self._entries.get(name)
+            self._publish({name: None})
+            return old
+
+
+class RegistryWatcher:
+    """Polls the folder so replicas sharing it converge within about two poll intervals."""
+
+    def __init__(self, registry: Registry, interval_s: float = 0.5) -> None:
+        self.registry = registry
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="softserve-registry-watch", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.registry.sync()
+            except Exception:  # a transient filesystem error must not kill the watcher
+                log.exception("registry sync failed")

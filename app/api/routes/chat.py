@@ -90,7 +90,12 @@ async def create_chat_completion(
 
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
             return ChatCompletionChunk(
-                id=response_id, created=created, model=target.name, choices=choices, usage=usage
+                id=response_id,
+                created=created,
+                model=target.name,
+                system_fingerprint=target.fingerprint,
+                choices=choices,
+                usage=usage,
             ).model_dump_json()
 
         def render(out: RequestOutput) -> list[str]:
@@ -161,6 +166,7 @@ async def create_chat_completion(
         id=response_id,
         created=created,
         model=target.name,
+        system_fingerprint=target.fingerprint,
         choices=choices,
         usage=Usage(
             prompt_tokens=len(prompt), completion_tokens=made, total_tokens=len(prompt) + made

@@ -93,7 +93,12 @@ async def create_completion(
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
         return CompletionResponse(
-            id=response_id, created=created, model=target.name, choices=choices, usage=usage
+            id=response_id,
+            created=created,
+            model=target.name,
+            system_fingerprint=target.fingerprint,
+            choices=choices,
+            usage=usage,
         ).model_dump_json()
 
     if body.stream:
@@ -161,6 +166,7 @@ async def create_completion(
         id=response_id,
         created=created,
         model=target.name,
+        system_fingerprint=target.fingerprint,
         choices=choices,
         usage=Usage(prompt_tokens=used, completion_tokens=made, total_tokens=used + made),
     )
