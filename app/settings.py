@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir)
 
     max_batch_size: int = Field(32, ge=1, le=1024)
-    max_in_flight: int = Field(256, ge=1)
+    max_in_flight: int = Field(1024, ge=1, description="engine rows admitted (waiting + running)")
     max_context: int | None = Field(None, ge=1)
     kv_cache_mib: float = Field(256.0, gt=0)
     max_virtual_tokens: int = Field(256, ge=1)
@@ -41,6 +41,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="JSON request bodies")
     max_upload_bytes: int = Field(32 << 20, ge=1024, description="a PUT /v1/prompts body")
     registry_poll_s: float = Field(0.5, gt=0, description="how often to pick up changes on disk")
+
+    max_requests: int = Field(256, ge=1, description="concurrent generation requests; 429 past it")
+    max_queued_tokens: int = Field(
+        1 << 20, ge=1, description="prompt + max_tokens waiting; 429 past it"
+    )
+    request_timeout_s: float = Field(600.0, gt=0, description="per-request deadline")
+    drain_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long running requests may finish"
+    )
+    health_stall_s: float = Field(
+        2.0, gt=0, description="no engine progress for this long: unhealthy"
+    )
+    top_task_labels: int = Field(20, ge=0, description="tasks with their own metric label")
+    log_prompts: bool = Field(False, description="include prompt text in request logs")
 
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None

@@ -59,6 +59,8 @@ def test_filter_top_k_and_top_p() -> None:
     assert kept.tolist() == [True, True, True, False]
     kept = torch.isfinite(_filter(logits, SamplingParams(temperature=1.0, top_p=0.1)))
     assert kept.tolist() == [True, False, False, False]  # the best token always stays
+    kept = torch.isfinite(_filter(logits, SamplingParams(temperature=1.0, top_p=5e-324)))
+    assert kept.tolist() == [True, False, False, False]  # even below float32's range
 
 
 def test_stop_string_cuts_exactly(tiny: BaseModel) -> None:
@@ -166,3 +168,18 @@ def test_sampled_tokens_come_from_top_k(tiny: BaseModel, temperature: float) -> 
     for out in outs:
         lp = out.logprobs[0]
         assert lp.token_id in {t.token_id for t in lp.top}
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-6])
+def test_tiny_temperature_is_greedy_not_nan(tiny: BaseModel, temperature: float) -> None:
+    greedy = tokens_of(
+        run_to_completion(
+            Engine(tiny), _req(tiny, "g", max_tokens=8, temperature=0.0, ignore_eos=True)
+        )["g"]
+    )
+    tiny_t = tokens_of(
+        run_to_completion(
+            Engine(tiny), _req(tiny, "t", max_tokens=8, temperature=temperature, ignore_eos=True)
+        )["t"]
+    )
+    assert tiny_t == greedy

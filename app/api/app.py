@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
-from app.api.routes import chat, completions, health, models, prompts
+from app.api.routes import chat, completions, health, metrics, models, prompts
 from app.api.state import Runtime, build_services
 from app.model import BaseModel, load_base_model
 from app.settings import Settings
@@ -31,7 +31,7 @@ async def _start(runtime: Runtime, base: BaseModel | None) -> None:
                 dtype=settings.dtype,
                 cache_dir=settings.cache_dir,
             )
-        runtime.services = await asyncio.to_thread(build_services, settings, base)
+        runtime.services = await asyncio.to_thread(build_services, settings, base, runtime.metrics)
         log.info("ready: model %s, %d prompts", base.spec.model_id, len(runtime.services.registry))
     except Exception as exc:
         log.exception("start-up failed")
@@ -41,7 +41,7 @@ async def _start(runtime: Runtime, base: BaseModel | None) -> None:
 def create_app(settings: Settings, base: BaseModel | None = None) -> FastAPI:
     """`base` lets tests inject an already-built model; otherwise the lifespan loads one,
     in a worker thread, while /health answers 503."""
-    runtime = Runtime(settings=settings)
+    runtime = Runtime.create(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +70,6 @@ def create_app(settings: Settings, base: BaseModel | None = None) -> FastAPI:
             else settings.max_body_bytes
         ),
     )
-    for module in (health, models, completions, chat, prompts):
+    for module in (health, metrics, models, completions, chat, prompts):
         app.include_router(module.router)
     return app

@@ -7,11 +7,12 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from app.api.errors import ApiError
 from app.api.schemas import FinishText, SamplingFields
-from app.api.state import Services
+from app.api.state import Runtime, Services
+from app.api.tracking import Tracker
 from app.engine import (
     FinishReason,
     GenerationRequest,
@@ -24,6 +25,8 @@ from app.model import SoftPrompt
 from app.registry import TaskMeta, UnknownTask
 from app.scheduler import SchedulerFull, SchedulerStopped, Submission
 from fastapi import Request
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 DISCONNECT_POLL_S = 0.1
 
@@ -36,6 +39,17 @@ class Target:
     soft_prompt: SoftPrompt | None
     meta: TaskMeta
     fingerprint: str  # OpenAI's system_fingerprint: the exact task version that served it
+
+
+def start(runtime: Runtime, endpoint: str) -> Tracker:
+    """Take an admission slot first (429/503 at once), before any tokenizing or lookup."""
+    slot = runtime.gate.acquire()
+    return Tracker(
+        metrics=runtime.metrics,
+        endpoint=endpoint,
+        slot=slot,
+        log_prompts=runtime.settings.log_prompts,
+    )
 
 
 def resolve_target(services: Services, model: str) -> Target:
@@ -78,6 +92,10 @@ def stop_strings(stop: str | list[str] | None, default: tuple[str, ...] | None) 
     return tuple(items)
 
 
+def _pick(value: float | None, default: float | None, fallback: float) -> float:
+    return value if value is not None else (default if default is not None else fallback)
+
+
 def sampling_params(
     body: SamplingFields,
     meta: TaskMeta,
@@ -90,10 +108,8 @@ def sampling_params(
     d = meta.defaults
     return SamplingParams(
         max_tokens=max_tokens or d.max_tokens or default_max_tokens,
-        temperature=body.temperature
-        if body.temperature is not None
-        else (d.temperature if d.temperature is not None else 1.0),
-        top_p=body.top_p if body.top_p is not None else (d.top_p if d.top_p is not None else 1.0),
+        temperature=_pick(body.temperature, d.temperature, 1.0),
+        top_p=_pick(body.top_p, d.top_p, 1.0),
         top_k=body.top_k if body.top_k is not None else (d.top_k or 0),
         seed=body.seed,
         stop=stop_strings(body.stop, d.stop),
@@ -102,8 +118,17 @@ def sampling_params(
     )
 
 
+def deadline(tracker: Tracker, body: SamplingFields, server_limit_s: float) -> float:
+    """The server's timeout; a request may only lower it."""
+    return tracker.arrived + min(body.timeout or server_limit_s, server_limit_s)
+
+
 def fan_out(
-    prompts: list[tuple[int, ...]], n: int, params: SamplingParams, soft_prompt: SoftPrompt | None
+    prompts: list[tuple[int, ...]],
+    n: int,
+    params: SamplingParams,
+    soft_prompt: SoftPrompt | None,
+    deadline_at: float | None,
 ) -> list[GenerationRequest]:
     """One engine request per (prompt, choice); choice index = prompt_index * n + j. A seeded
     request gives choice j the seed + j, so choices differ but stay reproducible."""
@@ -112,8 +137,15 @@ def fan_out(
     for p, prompt in enumerate(prompts):
         for j in range(n):
             seed = None if params.seed is None else (params.seed + j) % 2**63
-            choice = SamplingParams(**{**params.__dict__, "seed": seed})
-            requests.append(GenerationRequest(f"{group}-{p * n + j}", prompt, choice, soft_prompt))
+            requests.append(
+                GenerationRequest(
+                    f"{group}-{p * n + j}",
+                    prompt,
+                    replace(params, seed=seed),
+                    soft_prompt,
+                    deadline_at,
+                )
+            )
     return requests
 
 
@@ -127,17 +159,22 @@ def choice_index(request_id: str) -> int:
     return int(request_id.rsplit("-", 1)[1])
 
 
-def submit(services: Services, requests: list[GenerationRequest]) -> Submission:
+def submit(services: Services, requests: list[GenerationRequest], runtime: Runtime) -> Submission:
     try:
         return services.scheduler.submit(requests)
     except RequestError as exc:
         raise ApiError(400, str(exc), param=exc.param, code="invalid_request") from None
     except SchedulerFull as exc:
+        runtime.metrics.rejections.labels(exc.reason).inc()
         raise ApiError(
             429, f"server overloaded: {exc}", code="overloaded", headers={"Retry-After": "1"}
         ) from None
     except SchedulerStopped as exc:
         raise ApiError(503, str(exc), code="unavailable", headers={"Retry-After": "5"}) from None
+
+
+def _timeout() -> ApiError:
+    return ApiError(408, "the request did not finish before its deadline", code="timeout")
 
 
 @dataclass
@@ -146,14 +183,19 @@ class ChoiceResult:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
-    prompt_tokens: int = 0
 
     def add(self, out: RequestOutput) -> None:
         self.text += out.text
         self.token_ids.extend(out.token_ids)
         self.logprobs.extend(out.logprobs)
-        self.prompt_tokens = out.prompt_tokens
         self.finish_reason = out.finish_reason or self.finish_reason
+
+
+def _track(tracker: Tracker, out: RequestOutput) -> None:
+    tracker.on_output(out)
+    tracker.completion_tokens += len(out.token_ids)
+    if out.finish_reason is FinishReason.TIMEOUT:
+        raise _timeout()
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -161,13 +203,16 @@ async def _until_disconnected(request: Request) -> None:
         await asyncio.sleep(DISCONNECT_POLL_S)
 
 
-async def collect(submission: Submission, request: Request, count: int) -> list[ChoiceResult]:
+async def collect(
+    submission: Submission, request: Request, count: int, tracker: Tracker
+) -> list[ChoiceResult]:
     """Gather every choice; if the client disconnects first, abort the rows and stop."""
     results = [ChoiceResult() for _ in range(count)]
 
     async def gather() -> None:
         async with submission:
             async for out in submission:
+                _track(tracker, out)
                 results[choice_index(out.request_id)].add(out)
 
     work = asyncio.ensure_future(gather())
@@ -189,21 +234,49 @@ async def collect(submission: Submission, request: Request, count: int) -> list[
     return results
 
 
-async def sse_events(
+async def _events(
     submission: Submission,
+    tracker: Tracker,
     render: Callable[[RequestOutput], list[str]],
     closing: Callable[[], list[str]],
 ) -> AsyncIterator[str]:
-    """Server-Sent Events: one `data:` line per chunk, then `data: [DONE]`. A client that goes
-    away cancels this generator, and leaving `async with` aborts its rows."""
-    async with submission:
-        try:
-            async for out in submission:
-                for chunk in render(out):
+    status, reason = 499, None  # unless it runs to the end: the client went away
+    try:
+        async with submission:
+            try:
+                async for out in submission:
+                    _track(tracker, out)
+                    reason = finish_text(out.finish_reason) or reason
+                    for chunk in render(out):
+                        yield f"data: {chunk}\n\n"
+                for chunk in closing():
                     yield f"data: {chunk}\n\n"
-            for chunk in closing():
-                yield f"data: {chunk}\n\n"
-        except (RequestError, RuntimeError) as exc:
-            error = {"message": str(exc), "type": "server_error", "param": None, "code": None}
-            yield f"data: {json.dumps({'error': error})}\n\n"
-    yield "data: [DONE]\n\n"
+                status = 200
+            except (ApiError, RequestError, RuntimeError) as exc:
+                status = exc.status if isinstance(exc, ApiError) else 500
+                kind = "timeout" if status == 408 else "server_error"
+                error = {"message": str(exc), "type": kind, "param": None, "code": kind}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        tracker.finish(status, reason)
+
+
+def stream(
+    submission: Submission,
+    tracker: Tracker,
+    render: Callable[[RequestOutput], list[str]],
+    closing: Callable[[], list[str]],
+) -> StreamingResponse:
+    """Server-Sent Events: one `data:` line per chunk, then `data: [DONE]`. If the client goes
+    away (even before the first byte), the rows are aborted and the slot is released."""
+
+    def cleanup() -> None:
+        submission.close()
+        tracker.finish(499)
+
+    return StreamingResponse(
+        _events(submission, tracker, render, closing),
+        media_type="text/event-stream",
+        background=BackgroundTask(cleanup),
+    )

@@ -31,6 +31,9 @@ class SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     ignore_eos: bool = Field(False, description="extension: keep generating past EOS")
+    timeout: float | None = Field(
+        None, gt=0, description="extension: seconds; may only lower the server's"
+    )
 
 
 PromptInput = str | list[str] | list[int] | list[list[int]]
@@ -184,8 +187,11 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+HealthStatus = Literal["ok", "loading", "draining", "unhealthy"]
+
+
 class Health(BaseModel):
-    status: Literal["ok", "loading", "unhealthy"]
+    status: HealthStatus
     detail: str | None = None
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from app.api.metrics import Metrics
+from app.api.tracking import Gate
 from app.engine import Engine, EngineConfig
 from app.model import BaseModel
 from app.registry import Limits, Registry, RegistryWatcher
@@ -28,11 +30,18 @@ class Runtime:
     """Mutable holder on `app.state`: empty while the model loads, then the services."""
 
     settings: Settings
+    metrics: Metrics
+    gate: Gate
     services: Services | None = None
     load_error: str | None = None
 
+    @classmethod
+    def create(cls, settings: Settings) -> Runtime:
+        metrics = Metrics(settings.top_task_labels)
+        return cls(settings=settings, metrics=metrics, gate=Gate(settings.max_requests, metrics))
 
-def build_services(settings: Settings, base: BaseModel) -> Services:
+
+def build_services(settings: Settings, base: BaseModel, metrics: Metrics) -> Services:
     limits = Limits(
         max_virtual_tokens=settings.max_virtual_tokens, max_tensor_bytes=settings.max_upload_bytes
     )
@@ -49,8 +58,15 @@ def build_services(settings: Settings, base: BaseModel) -> Services:
             max_context=settings.max_context,
         ),
     )
-    scheduler = Scheduler(engine, SchedulerConfig(max_in_flight=settings.max_in_flight))
+    scheduler = Scheduler(
+        engine,
+        SchedulerConfig(
+            max_in_flight=settings.max_in_flight, max_queued_tokens=settings.max_queued_tokens
+        ),
+        observer=metrics,
+    )
     scheduler.start()
+    metrics.attach(engine, scheduler, registry)
     return Services(
         settings=settings,
         base=base,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -41,24 +40,12 @@ def build_settings(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from app.api.app import create_app
+    from app.cli.serve import serve
 
     settings = build_settings(
         args, ["model", "prompts", "host", "port", "device", "dtype", "max_batch_size", "log_level"]
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30,
-    )
-    return 0
+    return serve(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ Single-threaded by design: one caller (the scheduler's engine thread) owns it.
 from __future__ import annotations
 
 import random
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -68,6 +69,7 @@ class Engine:
         self._rows: list[_Row] = []  # same order as the KV batch's rows
         self._kv: kvops.KVBatch | None = None
         self._aborted: set[str] = set()
+        self._expired: set[str] = set()
         self._steps = 0
         self._seeds = random.SystemRandom()
 
@@ -118,12 +120,22 @@ class Engine:
             raise EngineFull(f"{len(self._waiting)} requests already waiting")
         self._waiting.append(request)
 
+    def reset(self) -> list[GenerationRequest]:
+        """Drop every waiting and running request (after a failed step); returns them."""
+        dropped = list(self._waiting) + [row.request for row in self._rows]
+        self._waiting.clear()
+        self._rows, self._kv = [], None
+        self._aborted.clear()
+        self._expired.clear()
+        return dropped
+
     def abort(self, request_id: str) -> None:
         """Takes effect at the start of the next step: the row leaves before any compute."""
         self._aborted.add(request_id)
 
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
+        self._expire()
         outputs = self._drop_aborted()
         plan = self._schedule()
         if not plan.admitted and not plan.decoding:
@@ -153,11 +165,19 @@ class Engine:
             decoding=tuple(r.request.request_id for r in self._rows),
         )
 
+    def _expire(self) -> None:
+        """Requests past their deadline leave like aborted ones, with reason `timeout`."""
+        now = time.monotonic()
+        for request in [*self._waiting, *(row.request for row in self._rows)]:
+            if request.deadline is not None and request.deadline <= now:
+                self._expired.add(request.request_id)
+
     def _drop_aborted(self) -> list[RequestOutput]:
-        if not self._aborted:
+        if not self._aborted and not self._expired:
             return []
-        gone = self._aborted
-        self._aborted = set()
+        expired = self._expired
+        gone = self._aborted | expired
+        self._aborted, self._expired = set(), set()
         dropped = [r for r in self._waiting if r.request_id in gone]
         self._waiting = deque(r for r in self._waiting if r.request_id not in gone)
         keep = [i for i, row in enumerate(self._rows) if row.request.request_id not in gone]
@@ -165,7 +185,15 @@ class Engine:
             dropped += [row.request for row in self._rows if row.request.request_id in gone]
             self._keep_rows(keep)
         return [
-            RequestOutput(r.request_id, (), "", (), FinishReason.ABORT, len(r.prompt_ids), 0)
+            RequestOutput(
+                r.request_id,
+                (),
+                "",
+                (),
+                FinishReason.TIMEOUT if r.request_id in expired else FinishReason.ABORT,
+                len(r.prompt_ids),
+                0,
+            )
             for r in dropped
         ]
 

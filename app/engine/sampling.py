@@ -17,6 +17,7 @@ def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         # Drop a token once the tokens before it already cover top_p; the first always stays.
         drop = (cumulative - sorted_logits.softmax(-1)) >= params.top_p
+        drop[0] = False  # explicitly: a top_p below float32's range would otherwise drop it too
         logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
     return logits
 

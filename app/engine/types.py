@@ -7,11 +7,14 @@ from enum import StrEnum
 
 from app.model import SoftPrompt
 
+MIN_TEMPERATURE = 1e-5
+
 
 class FinishReason(StrEnum):
     STOP = "stop"  # EOS or a stop string
     LENGTH = "length"  # max_tokens reached
     ABORT = "abort"  # cancelled by the caller
+    TIMEOUT = "timeout"  # its deadline passed (waiting or running)
 
 
 class RequestError(ValueError):
@@ -35,7 +38,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        # Below ~1e-5 dividing the logits overflows to inf/NaN; the limit is argmax anyway.
+        return self.temperature < MIN_TEMPERATURE or self.top_k == 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +48,7 @@ class GenerationRequest:
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams
     soft_prompt: SoftPrompt | None = None  # None: the bare base model
+    deadline: float | None = None  # time.monotonic() after which the request is dropped
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,16 @@ from app.scheduler.scheduler import (
     Scheduler,
     SchedulerConfig,
     SchedulerFull,
+    SchedulerObserver,
     SchedulerStopped,
     Submission,
 )
 
-__all__ = ["Scheduler", "SchedulerConfig", "SchedulerFull", "SchedulerStopped", "Submission"]
+__all__ = [
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerFull",
+    "SchedulerObserver",
+    "SchedulerStopped",
+    "Submission",
+]

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 from app.engine import Engine, EngineFull, GenerationRequest, RequestError, RequestOutput
 
@@ -21,16 +22,37 @@ log = logging.getLogger("softserve.scheduler")
 
 
 class SchedulerFull(RuntimeError):
-    """Too many requests in flight; answer 429 with Retry-After."""
+    """Too many requests or queued tokens; answer 429 with Retry-After. `reason` names the cap."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SchedulerStopped(RuntimeError):
     """The engine loop is not running (starting, draining or dead); answer 503."""
 
 
+class SchedulerObserver(Protocol):
+    """What the scheduler reports (metrics live above it; it never imports them)."""
+
+    def on_step(self, batch_size: int, prefilled: int, seconds: float) -> None: ...
+
+    def on_admitted(self, request: GenerationRequest, queued_s: float) -> None: ...
+
+
+class _NoObserver:
+    def on_step(self, batch_size: int, prefilled: int, seconds: float) -> None:
+        return None
+
+    def on_admitted(self, request: GenerationRequest, queued_s: float) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_in_flight: int = 256  # requests admitted and not yet finished (waiting + running)
+    max_in_flight: int = 1024  # engine requests admitted and not yet finished (waiting + running)
+    max_queued_tokens: int = 1 << 20  # prompt + max_tokens of requests not yet running
     idle_poll_s: float = 0.05
 
 
@@ -53,6 +75,13 @@ class Failure:
     error: BaseException
 
 
+@dataclass(frozen=True)
+class _Queued:
+    request: GenerationRequest
+    tokens: int
+    since: float
+
+
 class Submission:
     """The outputs of a group of requests, as an async iterator. Leaving the `async with` block
     early (client gone, error) aborts whatever has not finished."""
@@ -66,6 +95,12 @@ class Submission:
     def deliver(self, item: RequestOutput | Failure) -> None:
         """Called from the engine thread."""
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def close(self) -> None:
+        """Abort whatever has not finished. Idempotent; safe from any exit path."""
+        for request_id in self._open:
+            self._scheduler.abort(request_id)
+        self._open.clear()
 
     def __aiter__(self) -> AsyncIterator[RequestOutput]:
         return self
@@ -91,25 +126,32 @@ class Submission:
         tb: TracebackType | None,
     ) -> None:
         # Unfinished rows are aborted; the engine thread releases their slots when they leave.
-        for request_id in self._open:
-            self._scheduler.abort(request_id)
-        self._open.clear()
+        self.close()
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, config: SchedulerConfig | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: SchedulerConfig | None = None,
+        observer: SchedulerObserver | None = None,
+    ) -> None:
         self.engine = engine
         self.config = config or SchedulerConfig()
+        self.observer: SchedulerObserver = observer or _NoObserver()
         self._inbox: list[_Add | _Abort] = []
         self._wake = threading.Condition()
         self._owners: dict[str, Submission] = {}
+        self._queued: dict[str, _Queued] = {}
         self._in_flight = 0
+        self._queued_tokens = 0
         self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._running = threading.Event()  # cleared = paused (a test hook: a stalled loop)
         self._running.set()
         self.heartbeat = 0.0  # monotonic time of the loop's last sign of progress
+        self.longest_step_s = 0.0  # the slowest engine step seen lately (health scales with it)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -143,6 +185,10 @@ class Scheduler:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
     # -- called from the event loop ---------------------------------------------------------
 
     def submit(self, requests: list[GenerationRequest]) -> Submission:
@@ -152,12 +198,23 @@ class Scheduler:
             raise SchedulerStopped("the engine loop is not running")
         for request in requests:
             self.engine.check(request)
+        tokens = [len(r.prompt_ids) + r.sampling.max_tokens for r in requests]
+        now = time.monotonic()
         with self._count_lock:
             if self._in_flight + len(requests) > self.config.max_in_flight:
+                cap = self.config.max_in_flight
                 raise SchedulerFull(
-                    f"{self._in_flight} requests in flight (cap {self.config.max_in_flight})"
+                    f"{self._in_flight} requests in flight (cap {cap})", "in_flight"
+                )
+            if self._queued_tokens + sum(tokens) > self.config.max_queued_tokens:
+                cap = self.config.max_queued_tokens
+                raise SchedulerFull(
+                    f"{self._queued_tokens} tokens queued (cap {cap})", "queued_tokens"
                 )
             self._in_flight += len(requests)
+            self._queued_tokens += sum(tokens)
+            for request, count in zip(requests, tokens, strict=True):
+                self._queued[request.request_id] = _Queued(request, count, now)
         submission = Submission(self, [r.request_id for r in requests])
         with self._wake:
             self._inbox.extend(_Add(r, submission) for r in requests)
@@ -186,14 +243,48 @@ class Scheduler:
                 self.heartbeat = time.monotonic()
                 self._apply(commands)
                 if self.engine.has_work():
-                    self._dispatch(self.engine.step())
-                    self.heartbeat = time.monotonic()
+                    self._step()
         except BaseException as exc:  # the loop must never die silently
             log.exception("engine loop crashed")
             for submission in set(self._owners.values()):
                 submission.deliver(Failure(None, RuntimeError(f"engine failure: {exc}")))
             self._owners.clear()
             raise
+
+    def _step(self) -> None:
+        started = time.monotonic()
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:
+            # One bad step must not take the server down. After the reset the engine holds
+            # nothing, so every request we own has failed, including any the step had already
+            # taken off the waiting queue.
+            log.exception("engine step failed; failing %d requests", len(self._owners))
+            self.engine.reset()
+            owners, self._owners = self._owners, {}
+            for request_id, submission in owners.items():
+                self._dequeue(request_id)
+                self._release(1)
+                submission.deliver(Failure(request_id, RuntimeError(f"engine step failed: {exc}")))
+            self.heartbeat = time.monotonic()
+            return
+        self.heartbeat = time.monotonic()
+        seconds = self.heartbeat - started
+        self.longest_step_s = max(seconds, self.longest_step_s * 0.99)  # decays slowly
+        record = self.engine.history[-1] if self.engine.history else None
+        if record is not None and record.step == self.engine.steps:
+            self.observer.on_step(len(record.tasks), len(record.prefilled), seconds)
+        for out in outputs:
+            owner = self._owners.get(out.request_id)
+            if owner is None:
+                continue
+            queued = self._dequeue(out.request_id)
+            if queued is not None and out.token_ids:
+                self.observer.on_admitted(queued.request, started - queued.since)
+            if out.finish_reason is not None:
+                del self._owners[out.request_id]
+                self._release(1)
+            owner.deliver(out)
 
     def _apply(self, commands: list[_Add | _Abort]) -> None:
         for command in commands:
@@ -205,6 +296,7 @@ class Scheduler:
                 self.engine.add_request(command.request)
                 self._owners[command.request.request_id] = command.submission
             except (RequestError, EngineFull) as exc:
+                self._dequeue(command.request.request_id)
                 self._release(1)
                 command.submission.deliver(Failure(command.request.request_id, exc))
 
@@ -212,12 +304,10 @@ class Scheduler:
         with self._count_lock:
             self._in_flight -= count
 
-    def _dispatch(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            owner = self._owners.get(out.request_id)
-            if owner is None:
-                continue
-            if out.finish_reason is not None:
-                del self._owners[out.request_id]
-                self._release(1)
-            owner.deliver(out)
+    def _dequeue(self, request_id: str) -> _Queued | None:
+        """The request left the queue (admitted, failed or dropped): its tokens stop counting."""
+        with self._count_lock:
+            queued = self._queued.pop(request_id, None)
+            if queued is not None:
+                self._queued_tokens -= queued.tokens
+            return queued

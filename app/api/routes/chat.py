@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
-from app.api.deps import ApiKeyDep, ServicesDep
+from app.api.deps import ApiKeyDep, RuntimeDep, ServicesDep
 from app.api.errors import ApiError
 from app.api.generation import (
     Target,
     check_supported,
     choice_index,
     collect,
+    deadline,
     fan_out,
     finish_text,
     resolve_target,
     sampling_params,
-    sse_events,
+    start,
+    stream,
     submit,
 )
 from app.api.render import chat_logprobs
@@ -33,14 +34,17 @@ from app.api.schemas import (
     ChatMessage,
     Usage,
 )
+from app.api.state import Runtime, Services
+from app.api.tracking import Tracker
 from app.engine import RequestOutput
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 router = APIRouter(dependencies=[ApiKeyDep], tags=["inference"])
 
 
-def chat_prompt(tokenizer: Any, messages: list[ChatMessage], target: Target) -> tuple[int, ...]:
+def chat_prompt(
+    tokenizer: Any, messages: list[ChatMessage], target: Target
+) -> tuple[str, tuple[int, ...]]:
     turns = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         for m in messages
@@ -56,15 +60,36 @@ def chat_prompt(tokenizer: Any, messages: list[ChatMessage], target: Target) -> 
         text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
     except Exception as exc:  # template errors (e.g. roles the template refuses)
         raise ApiError(400, f"chat template failed: {exc}", param="messages") from None
-    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return text, tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses={**ERRORS, 408: ERRORS[503]},
+)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, services: ServicesDep
+    body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, services: ServicesDep
+) -> Any:
+    tracker = start(runtime, "chat")
+    try:
+        return await _chat(body, request, runtime, services, tracker)
+    except ApiError as exc:
+        tracker.finish(exc.status)
+        raise
+    except BaseException:
+        tracker.finish(500)
+        raise
+
+
+async def _chat(
+    body: ChatCompletionRequest,
+    request: Request,
+    runtime: Runtime,
+    services: Services,
+    tracker: Tracker,
 ) -> Any:
     settings, tokenizer = services.settings, services.base.tokenizer
-    target = resolve_target(services, body.model)
     check_supported(body, settings.max_n)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs requires logprobs: true", param="top_logprobs")
@@ -72,7 +97,11 @@ async def create_chat_completion(
         raise ApiError(
             400, f"top_logprobs must be <= {settings.max_logprobs}", param="top_logprobs"
         )
-    prompt = chat_prompt(tokenizer, body.messages, target)
+    tracker.model = body.model
+    target = resolve_target(services, body.model)
+    tracker.task = target.name
+    tracker.prompt_text, prompt = chat_prompt(tokenizer, body.messages, target)
+    tracker.prompt_tokens = len(prompt)
     params = sampling_params(
         body,
         target.meta,
@@ -80,13 +109,24 @@ async def create_chat_completion(
         default_max_tokens=settings.default_chat_max_tokens,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
-    requests = fan_out([prompt], body.n, params, target.soft_prompt)
-    submission = submit(services, requests)
-    response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    requests = fan_out(
+        [prompt],
+        body.n,
+        params,
+        target.soft_prompt,
+        deadline(tracker, body, settings.request_timeout_s),
+    )
+    submission = submit(services, requests, runtime)
+    response_id, created = f"chatcmpl-{tracker.request_id}", int(time.time())
+
+    def usage() -> Usage:
+        made = tracker.completion_tokens
+        return Usage(
+            prompt_tokens=len(prompt), completion_tokens=made, total_tokens=len(prompt) + made
+        )
 
     if body.stream:
         started: set[int] = set()
-        completion_tokens = [0] * len(requests)
 
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
             return ChatCompletionChunk(
@@ -100,7 +140,6 @@ async def create_chat_completion(
 
         def render(out: RequestOutput) -> list[str]:
             i = choice_index(out.request_id)
-            completion_tokens[i] = out.completion_tokens
             chunks = []
             if i not in started:
                 started.add(i)
@@ -119,39 +158,19 @@ async def create_chat_completion(
                     )
                 )
             if out.finish_reason is not None:
-                chunks.append(
-                    chunk(
-                        [
-                            ChatChunkChoice(
-                                index=i,
-                                delta=ChatDelta(),
-                                finish_reason=finish_text(out.finish_reason),
-                            )
-                        ]
-                    )
+                done = ChatChunkChoice(
+                    index=i, delta=ChatDelta(), finish_reason=finish_text(out.finish_reason)
                 )
+                chunks.append(chunk([done]))
             return chunks
 
         def closing() -> list[str]:
-            if not (body.stream_options and body.stream_options.include_usage):
-                return []
-            made = sum(completion_tokens)
-            return [
-                chunk(
-                    [],
-                    Usage(
-                        prompt_tokens=len(prompt),
-                        completion_tokens=made,
-                        total_tokens=len(prompt) + made,
-                    ),
-                )
-            ]
+            wanted = body.stream_options and body.stream_options.include_usage
+            return [chunk([], usage())] if wanted else []
 
-        return StreamingResponse(
-            sse_events(submission, render, closing), media_type="text/event-stream"
-        )
+        return stream(submission, tracker, render, closing)
 
-    results = await collect(submission, request, len(requests))
+    results = await collect(submission, request, len(requests), tracker)
     choices = [
         ChatChoice(
             index=i,
@@ -161,14 +180,12 @@ async def create_chat_completion(
         )
         for i, r in enumerate(results)
     ]
-    made = sum(len(r.token_ids) for r in results)
+    tracker.finish(200, choices[0].finish_reason)
     return ChatCompletionResponse(
         id=response_id,
         created=created,
         model=target.name,
         system_fingerprint=target.fingerprint,
         choices=choices,
-        usage=Usage(
-            prompt_tokens=len(prompt), completion_tokens=made, total_tokens=len(prompt) + made
-        ),
+        usage=usage(),
     )

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
-from app.api.deps import ApiKeyDep, ServicesDep
+from app.api.deps import ApiKeyDep, RuntimeDep, ServicesDep
 from app.api.errors import ApiError
 from app.api.generation import (
     Target,
     check_supported,
     choice_index,
     collect,
+    deadline,
     fan_out,
     finish_text,
     resolve_target,
     sampling_params,
-    sse_events,
+    start,
+    stream,
     submit,
 )
 from app.api.render import completion_logprobs
@@ -29,9 +30,10 @@ from app.api.schemas import (
     PromptInput,
     Usage,
 )
+from app.api.state import Runtime, Services
+from app.api.tracking import Tracker
 from app.engine import RequestOutput
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 router = APIRouter(dependencies=[ApiKeyDep], tags=["inference"])
 
@@ -53,32 +55,58 @@ def _prompts(
             text = target.meta.apply_template(item)
             texts.append(text)
             ids.append(tuple(tokenizer(text)["input_ids"]))
-        elif isinstance(item, list):
+        else:
+            if item and not all(0 <= t < len(tokenizer) for t in item):
+                raise ApiError(400, f"token ids must be in [0, {len(tokenizer)})", param="prompt")
             texts.append(str(tokenizer.decode(item)))
             ids.append(tuple(item))
-        else:
-            raise ApiError(
-                400, "prompt must be a string, a list of strings, or token ids", param="prompt"
-            )
     return texts, ids
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
-async def create_completion(
-    body: CompletionRequest, request: Request, services: ServicesDep
-) -> Any:
-    settings, tokenizer = services.settings, services.base.tokenizer
-    target = resolve_target(services, body.model)
-    check_supported(body, settings.max_n)
+def _check(body: CompletionRequest, max_n: int, max_logprobs: int) -> None:
+    check_supported(body, max_n)
     if body.suffix:
         raise ApiError(400, "suffix is not supported", param="suffix")
     if body.best_of not in (None, body.n):
         raise ApiError(400, "best_of must equal n", param="best_of")
-    if body.logprobs is not None and body.logprobs > settings.max_logprobs:
-        raise ApiError(400, f"logprobs must be <= {settings.max_logprobs}", param="logprobs")
+    if body.logprobs is not None and body.logprobs > max_logprobs:
+        raise ApiError(400, f"logprobs must be <= {max_logprobs}", param="logprobs")
     if body.echo and body.logprobs is not None:
         raise ApiError(400, "echo together with logprobs is not supported", param="echo")
+
+
+@router.post(
+    "/v1/completions", response_model=CompletionResponse, responses={**ERRORS, 408: ERRORS[503]}
+)
+async def create_completion(
+    body: CompletionRequest, request: Request, runtime: RuntimeDep, services: ServicesDep
+) -> Any:
+    tracker = start(runtime, "completions")
+    try:
+        return await _complete(body, request, runtime, services, tracker)
+    except ApiError as exc:
+        tracker.finish(exc.status)
+        raise
+    except BaseException:
+        tracker.finish(500)
+        raise
+
+
+async def _complete(
+    body: CompletionRequest,
+    request: Request,
+    runtime: Runtime,
+    services: Services,
+    tracker: Tracker,
+) -> Any:
+    settings, tokenizer = services.settings, services.base.tokenizer
+    _check(body, settings.max_n, settings.max_logprobs)
+    tracker.model = body.model
+    target = resolve_target(services, body.model)
+    tracker.task = target.name
     texts, prompts = _prompts(tokenizer, body.prompt, target)
+    tracker.prompt_tokens = sum(len(p) for p in prompts)
+    tracker.prompt_text = "\n".join(texts)
     params = sampling_params(
         body,
         target.meta,
@@ -86,28 +114,40 @@ async def create_completion(
         default_max_tokens=settings.default_max_tokens,
         logprobs=body.logprobs,
     )
-    requests = fan_out(prompts, body.n, params, target.soft_prompt)
-    submission = submit(services, requests)
-    response_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    requests = fan_out(
+        prompts,
+        body.n,
+        params,
+        target.soft_prompt,
+        deadline(tracker, body, settings.request_timeout_s),
+    )
+    submission = submit(services, requests, runtime)
+    created = int(time.time())
     echo = [texts[i // body.n] if body.echo else "" for i in range(len(requests))]
 
-    def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+    def response(choices: list[CompletionChoice], usage: Usage | None) -> CompletionResponse:
         return CompletionResponse(
-            id=response_id,
+            id=f"cmpl-{tracker.request_id}",
             created=created,
             model=target.name,
             system_fingerprint=target.fingerprint,
             choices=choices,
             usage=usage,
-        ).model_dump_json()
+        )
+
+    def usage() -> Usage:
+        used = tracker.prompt_tokens
+        return Usage(
+            prompt_tokens=used,
+            completion_tokens=tracker.completion_tokens,
+            total_tokens=used + tracker.completion_tokens,
+        )
 
     if body.stream:
         started: set[int] = set()
-        completion_tokens = [0] * len(requests)
 
         def render(out: RequestOutput) -> list[str]:
             i = choice_index(out.request_id)
-            completion_tokens[i] = out.completion_tokens
             text = out.text if i in started else echo[i] + out.text
             started.add(i)
             if not text and out.finish_reason is None and not out.logprobs:
@@ -117,39 +157,18 @@ async def create_completion(
                 if body.logprobs is not None
                 else None
             )
-            return [
-                chunk(
-                    [
-                        CompletionChoice(
-                            index=i,
-                            text=text,
-                            logprobs=logprobs,
-                            finish_reason=finish_text(out.finish_reason),
-                        )
-                    ]
-                )
-            ]
+            choice = CompletionChoice(
+                index=i, text=text, logprobs=logprobs, finish_reason=finish_text(out.finish_reason)
+            )
+            return [response([choice], None).model_dump_json()]
 
         def closing() -> list[str]:
-            if not (body.stream_options and body.stream_options.include_usage):
-                return []
-            used = sum(len(p) for p in prompts)
-            return [
-                chunk(
-                    [],
-                    Usage(
-                        prompt_tokens=used,
-                        completion_tokens=sum(completion_tokens),
-                        total_tokens=used + sum(completion_tokens),
-                    ),
-                )
-            ]
+            wanted = body.stream_options and body.stream_options.include_usage
+            return [response([], usage()).model_dump_json()] if wanted else []
 
-        return StreamingResponse(
-            sse_events(submission, render, closing), media_type="text/event-stream"
-        )
+        return stream(submission, tracker, render, closing)
 
-    results = await collect(submission, request, len(requests))
+    results = await collect(submission, request, len(requests), tracker)
     choices = [
         CompletionChoice(
             index=i,
@@ -161,12 +180,5 @@ async def create_completion(
         )
         for i, r in enumerate(results)
     ]
-    used, made = sum(len(p) for p in prompts), sum(len(r.token_ids) for r in results)
-    return CompletionResponse(
-        id=response_id,
-        created=created,
-        model=target.name,
-        system_fingerprint=target.fingerprint,
-        choices=choices,
-        usage=Usage(prompt_tokens=used, completion_tokens=made, total_tokens=used + made),
-    )
+    tracker.finish(200, choices[0].finish_reason)
+    return response(choices, usage())
