@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -40,15 +40,7 @@ class LiveServer:
 
     def start(self, timeout: float = 60.0) -> None:
         self.thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"server on {self.url} did not become healthy")
+        wait_healthy(self.url, timeout)
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -63,6 +55,21 @@ def live(app: FastAPI) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+def wait_healthy(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll /health until 200; `alive` says whether the server can still come up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"server for {url} exited during start-up")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"server on {url} did not become healthy")
 
 
 def wait_until(predicate: object, timeout: float = 10.0) -> bool:

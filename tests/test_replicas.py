@@ -18,7 +18,7 @@ from app.model import BaseModel
 from app.registry import PromptFiles, Registry
 from tests.conftest import write_adapter
 from tests.hostile import good_files
-from tests.live import free_port
+from tests.live import free_port, wait_healthy
 from tests.tiny import save_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,19 +55,7 @@ class Process:
         )
 
     def wait_healthy(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}"
-                )
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(self.url)
+        wait_healthy(self.url, timeout, alive=lambda: self.proc.poll() is None)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from app.api.errors import ApiError
 from app.api.schemas import FinishText, SamplingFields
@@ -50,6 +51,19 @@ def start(runtime: Runtime, endpoint: str) -> Tracker:
         slot=slot,
         log_prompts=runtime.settings.log_prompts,
     )
+
+
+async def tracked(runtime: Runtime, endpoint: str, run: Callable[[Tracker], Awaitable[Any]]) -> Any:
+    """Run a generation handler with its tracker; whatever way it ends is counted and logged."""
+    tracker = start(runtime, endpoint)
+    try:
+        return await run(tracker)
+    except ApiError as exc:
+        tracker.finish(exc.status)
+        raise
+    except BaseException:
+        tracker.finish(500)
+        raise
 
 
 def resolve_target(services: Services, model: str) -> Target:

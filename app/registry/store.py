@@ -124,6 +124,13 @@ class Registry:
         self._versions[name] = self._versions.get(name, 0) + 1
         return self._versions[name]
 
+    def _build(self, name: str, files: PromptFiles, created: float) -> PromptEntry:
+        """Validate completely into the task's next version (nothing is published here)."""
+        version = self._versions.get(name, 0) + 1
+        return build_entry(
+            name, files, spec=self.spec, limits=self.limits, version=version, created=created
+        )
+
     def _publish(self, changes: dict[str, PromptEntry | None]) -> None:
         merged = dict(self._entries)
         for name, entry in changes.items():
@@ -138,15 +145,7 @@ class Registry:
         try:
             validate_task_name(name)
             files = read_prompt_folder(folder, self.limits)
-            created = (folder / TENSOR_FILE).stat().st_mtime
-            entry = build_entry(
-                name,
-                files,
-                spec=self.spec,
-                limits=self.limits,
-                version=self._versions.get(name, 0) + 1,
-                created=created,
-            )
+            entry = self._build(name, files, created=(folder / TENSOR_FILE).stat().st_mtime)
         except (InvalidPrompt, OSError) as exc:
             if name not in self._skipped or self._skipped[name].reason != str(exc):
                 log.warning("skipping prompt %s: %s", folder, exc)
@@ -218,14 +217,7 @@ class Registry:
         """Validate completely, then persist atomically and publish. Servable on return."""
         validate_task_name(name)
         with self._lock:
-            entry = build_entry(
-                name,
-                files,
-                spec=self.spec,
-                limits=self.limits,
-                version=self._versions.get(name, 0) + 1,
-                created=time.time(),
-            )
+            entry = self._build(name, files, created=time.time())
             with disk.locked(self.root, exclusive=True):
                 disk.recover(self.root)
                 disk.write_entry(self.root, name, files, self.step)

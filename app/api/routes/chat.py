@@ -17,9 +17,9 @@ from app.api.generation import (
     finish_text,
     resolve_target,
     sampling_params,
-    start,
     stream,
     submit,
+    tracked,
 )
 from app.api.render import chat_logprobs
 from app.api.routes.common import ERRORS
@@ -71,15 +71,9 @@ def chat_prompt(
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, services: ServicesDep
 ) -> Any:
-    tracker = start(runtime, "chat")
-    try:
-        return await _chat(body, request, runtime, services, tracker)
-    except ApiError as exc:
-        tracker.finish(exc.status)
-        raise
-    except BaseException:
-        tracker.finish(500)
-        raise
+    return await tracked(
+        runtime, "chat", lambda tracker: _chat(body, request, runtime, services, tracker)
+    )
 
 
 async def _chat(

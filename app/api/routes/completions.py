@@ -17,9 +17,9 @@ from app.api.generation import (
     finish_text,
     resolve_target,
     sampling_params,
-    start,
     stream,
     submit,
+    tracked,
 )
 from app.api.render import completion_logprobs
 from app.api.routes.common import ERRORS
@@ -81,15 +81,9 @@ def _check(body: CompletionRequest, max_n: int, max_logprobs: int) -> None:
 async def create_completion(
     body: CompletionRequest, request: Request, runtime: RuntimeDep, services: ServicesDep
 ) -> Any:
-    tracker = start(runtime, "completions")
-    try:
-        return await _complete(body, request, runtime, services, tracker)
-    except ApiError as exc:
-        tracker.finish(exc.status)
-        raise
-    except BaseException:
-        tracker.finish(500)
-        raise
+    return await tracked(
+        runtime, "completions", lambda tracker: _complete(body, request, runtime, services, tracker)
+    )
 
 
 async def _complete(
