@@ -42,11 +42,11 @@ def keys_match(given: str | None, expected: str) -> bool:
 
 def require_api_key(request: Request, runtime: RuntimeDep) -> None:
     settings = runtime.settings
+    if settings.api_key is None:
+        return
     accepted = [
         k.get_secret_value() for k in (settings.api_key, settings.admin_key) if k is not None
     ]
-    if settings.api_key is None:
-        return
     token = bearer_token(request)
     if not any(keys_match(token, key) for key in accepted):
         raise ApiError(

@@ -69,7 +69,6 @@ class Engine:
         self._rows: list[_Row] = []  # same order as the KV batch's rows
         self._kv: kvops.KVBatch | None = None
         self._aborted: set[str] = set()
-        self._expired: set[str] = set()
         self._steps = 0
         self._seeds = random.SystemRandom()
 
@@ -120,14 +119,11 @@ class Engine:
             raise EngineFull(f"{len(self._waiting)} requests already waiting")
         self._waiting.append(request)
 
-    def reset(self) -> list[GenerationRequest]:
-        """Drop every waiting and running request (after a failed step); returns them."""
-        dropped = list(self._waiting) + [row.request for row in self._rows]
+    def reset(self) -> None:
+        """Drop every waiting and running request (after a failed step)."""
         self._waiting.clear()
         self._rows, self._kv = [], None
         self._aborted.clear()
-        self._expired.clear()
-        return dropped
 
     def abort(self, request_id: str) -> None:
         """Takes effect at the start of the next step: the row leaves before any compute."""
@@ -135,8 +131,7 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
-        self._expire()
-        outputs = self._drop_aborted()
+        outputs = self._drop_aborted(self._expired())
         plan = self._schedule()
         if not plan.admitted and not plan.decoding:
             return outputs
@@ -165,19 +160,17 @@ class Engine:
             decoding=tuple(r.request.request_id for r in self._rows),
         )
 
-    def _expire(self) -> None:
-        """Requests past their deadline leave like aborted ones, with reason `timeout`."""
+    def _expired(self) -> set[str]:
+        """Requests past their deadline: they leave like aborted ones, with reason `timeout`."""
         now = time.monotonic()
-        for request in [*self._waiting, *(row.request for row in self._rows)]:
-            if request.deadline is not None and request.deadline <= now:
-                self._expired.add(request.request_id)
+        requests = [*self._waiting, *(row.request for row in self._rows)]
+        return {r.request_id for r in requests if r.deadline is not None and r.deadline <= now}
 
-    def _drop_aborted(self) -> list[RequestOutput]:
-        if not self._aborted and not self._expired:
+    def _drop_aborted(self, expired: set[str]) -> list[RequestOutput]:
+        if not self._aborted and not expired:
             return []
-        expired = self._expired
         gone = self._aborted | expired
-        self._aborted, self._expired = set(), set()
+        self._aborted = set()
         dropped = [r for r in self._waiting if r.request_id in gone]
         self._waiting = deque(r for r in self._waiting if r.request_id not in gone)
         keep = [i for i, row in enumerate(self._rows) if row.request.request_id not in gone]
