@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from app.cli import prompts
+from app.cli import prompts, train
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     prompts.add_commands(sub)
+    train.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
@@ -61,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return prompts.run_prompts(args)
         if args.command == "import-peft":
             return prompts.run_import(args)
+        if args.command in ("train", "eval", "distill"):
+            return train.run(args)
     except ValidationError as exc:
         print(f"softserve: invalid setting: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,124 @@
+"""`softserve train` and `softserve eval`: from a data file to a served task, and its figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PROMPTS = "prompts"
+
+
+def _add_data_args(p: Any) -> None:
+    p.add_argument("--data", required=True, type=Path, help=".jsonl, .tsv or .csv file")
+    p.add_argument("--input-col", default="input", help="TSV/CSV column with the input")
+    p.add_argument("--output-col", default="output", help="TSV/CSV column with the answer")
+    p.add_argument("--label-map", help="map raw answers to text, e.g. 0=negative,1=positive")
+    p.add_argument("--model", default="default", help="base model (as for serve)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, help="use only the first N examples")
+
+
+def add_commands(sub: Any) -> None:
+    t = sub.add_parser("train", help="train a soft prompt into the prompts folder")
+    t.add_argument("--kind", required=True, choices=["prompt", "p-tuning", "prefix"])
+    t.add_argument("--task", required=True, help="task name to save it under")
+    _add_data_args(t)
+    t.add_argument(
+        "--template", help="input template with {input}, e.g. 'Review: {input}\\nSentiment:'"
+    )
+    t.add_argument("--virtual-tokens", type=int, default=20)
+    t.add_argument("--init", default="random", help='text:"...", random or vocab')
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--steps", type=int, help="stop after this many steps")
+    t.add_argument("--lr", type=float, help="learning rate (default depends on --kind)")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--val-split", type=float, default=0.1, help="fraction, or a count if >= 1")
+    t.add_argument("--eval-every", type=int, help="steps between validations (default: epoch)")
+    t.add_argument("--patience", type=int, default=3)
+    t.add_argument("--max-tokens", type=int, default=512, help="skip longer examples")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--description")
+    t.add_argument("--labels", help="label set recorded in task.json (default: --label-map's)")
+    t.add_argument("--defaults", help='sampling defaults as JSON, e.g. {"temperature": 0}')
+    t.add_argument("--out", type=Path, default=Path(DEFAULT_PROMPTS), help="prompts folder")
+    t.add_argument("--push", metavar="URL", help="also hot-swap it into a running server")
+    t.add_argument("--admin-key", help="admin key for --push (or SOFTSERVE_ADMIN_KEY)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a soft prompt, a hand-written prompt or none")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompt", metavar="TASK", help="a task from the prompts folder")
+    which.add_argument("--hard-prompt", metavar="TEMPLATE", help="template with {input}, or @file")
+    which.add_argument("--none", action="store_true", help="the bare model, raw input")
+    _add_data_args(e)
+    e.add_argument("--labels", help="comma-separated labels: classify by their log-likelihood")
+    e.add_argument("--prompts", type=Path, default=Path(DEFAULT_PROMPTS))
+    e.add_argument("--server", metavar="URL", help="ask a running server instead (greedy answers)")
+    e.add_argument("--api-key", help="key for --server (or SOFTSERVE_API_KEY)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    add_distill(sub)
+
+
+def add_distill(sub: Any) -> None:
+    d = sub.add_parser("distill", help="write the model's answers under a long system prompt")
+    d.add_argument("--system-prompt", required=True, help="the text, or @file")
+    d.add_argument("--questions", required=True, type=Path, help="one user message per line")
+    d.add_argument("--out", required=True, type=Path, help="JSONL of chats, for train/eval")
+    d.add_argument("--max-new-tokens", type=int, default=96)
+    d.add_argument("--model", default="default")
+    d.add_argument("--device", default="cpu")
+
+
+def parse_labels(text: str | None) -> tuple[str, ...]:
+    """'positive,negative' -> ('positive', 'negative'); a leading space inside is kept."""
+    if not text:
+        return ()
+    labels = tuple(label for label in text.split(",") if label.strip())
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--labels {text!r} repeats a label")
+    return labels
+
+
+def read_text_arg(value: str) -> str:
+    """A text given inline, or `@path` to read it from a file (few-shot prompts are long)."""
+    return Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+
+
+def read_template(value: str) -> str:
+    text = read_text_arg(value)
+    if "{input}" not in text:
+        raise ValueError(f"template {value!r} must contain {{input}}")
+    return text
+
+
+def print_figures(figures: dict[str, Any], out: Path | None) -> None:
+    if "accuracy" in figures:
+        print(f"accuracy: {figures['accuracy']:.3f} ({figures['correct']}/{figures['total']})")
+        for c in figures["classes"]:
+            print(
+                f"  {c['label']!r}: {c['correct']}/{c['gold']} correct, predicted {c['predicted']} times"
+            )
+    else:
+        print(f"exact match: {figures['exact_match']:.3f} ({figures['exact']}/{figures['total']})")
+        if figures.get("mean_token_loss") is not None:
+            print(f"mean token loss: {figures['mean_token_loss']:.4f}")
+    if out is not None:
+        out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.cli import train_run  # imports torch and peft: only for these commands
+
+    try:
+        if args.command == "train":
+            return train_run.train_command(args)
+        if args.command == "distill":
+            return train_run.distill_command(args)
+        return train_run.eval_command(args)
+    except ValueError as exc:  # DataError is a ValueError too
+        print(f"softserve {args.command}: {exc}", file=sys.stderr)
+        return 2

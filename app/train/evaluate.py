@@ -1,0 +1,173 @@
+"""Evaluate a soft prompt, a hand-written prompt or the bare model on the same data.
+
+Classification (labels given) compares the labels' log-likelihoods after the templated input;
+otherwise the figures are exact match of the greedy answer and the mean loss per target token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from app.model.loader import BaseModel
+from app.model.soft_prompt import SoftPrompt
+from app.train.adapters import inference_model, prepends_embeddings
+from app.train.data import ChatExample, ChatMessage, Example, TextExample
+from app.train.encode import Encoded, chat_prompt_ids, collate, encode, output_ids, prompt_ids
+from app.train.scoring import score_targets
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What is evaluated: a soft prompt and/or a template and system prompt (all optional)."""
+
+    soft_prompt: SoftPrompt | None = None
+    template: str | None = None
+    system_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    label: str
+    gold: int  # examples whose answer is this label
+    correct: int
+    predicted: int  # times this label won
+
+
+@dataclass(frozen=True)
+class Classification:
+    correct: int
+    total: int
+    classes: tuple[ClassCount, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total
+
+
+@dataclass(frozen=True)
+class Generation:
+    exact: int
+    total: int
+    mean_token_loss: float
+
+    @property
+    def exact_match(self) -> float:
+        return self.exact / self.total
+
+
+def _label_of(output: str, labels: Sequence[str], index: int) -> int:
+    for i, label in enumerate(labels):
+        if label.strip() == output.strip():
+            return i
+    raise ValueError(
+        f"example {index + 1}: answer {output!r} is not one of the labels {list(labels)}"
+    )
+
+
+@torch.no_grad()
+def classify(
+    base: BaseModel,
+    subject: Subject,
+    examples: Sequence[TextExample],
+    labels: Sequence[str],
+    batch_size: int = 32,
+) -> Classification:
+    """Pick, for each example, the label whose tokens are most likely after the prompt."""
+    if len(labels) < 2:
+        raise ValueError("classification needs at least two labels")
+    gold = [_label_of(e.output, labels, i) for i, e in enumerate(examples)]
+    label_ids = [base.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+    model = inference_model(base, subject.soft_prompt)
+    offset = prepends_embeddings(model)
+    rows = []
+    for example in examples:
+        prompt = prompt_ids(base.tokenizer, subject.template, example.input)
+        rows += [
+            Encoded(tuple(prompt + ids), (False,) * len(prompt) + (True,) * len(ids))
+            for ids in label_ids
+        ]
+    scores = torch.empty(len(rows))
+    for start in range(0, len(rows), batch_size):
+        chunk = collate(rows[start : start + batch_size], _pad_id(base))
+        scores[start : start + batch_size] = score_targets(model, chunk, offset).per_row().cpu()
+    predicted = scores.view(len(examples), len(labels)).argmax(dim=1).tolist()
+    classes = tuple(
+        ClassCount(
+            label=label,
+            gold=gold.count(i),
+            correct=sum(g == p == i for g, p in zip(gold, predicted, strict=True)),
+            predicted=predicted.count(i),
+        )
+        for i, label in enumerate(labels)
+    )
+    return Classification(
+        correct=sum(c.correct for c in classes), total=len(examples), classes=classes
+    )
+
+
+def _with_system(example: ChatExample, system_prompt: str | None) -> ChatExample:
+    """Insert the subject's system prompt as the server does for a task that has one."""
+    if system_prompt is None or example.messages[0].role == "system":
+        return example
+    return ChatExample((ChatMessage("system", system_prompt), *example.messages))
+
+
+def _reference(base: BaseModel, subject: Subject, example: Example) -> tuple[list[int], str]:
+    """The prompt ids the server would build, and the expected (last) answer."""
+    if isinstance(example, TextExample):
+        return prompt_ids(base.tokenizer, subject.template, example.input), example.output
+    chat = _with_system(example, subject.system_prompt)
+    last = max(i for i, m in enumerate(chat.messages) if m.role == "assistant")
+    return chat_prompt_ids(base.tokenizer, chat.messages[:last]), chat.messages[last].content
+
+
+@torch.no_grad()
+def _greedy(base: BaseModel, model: Any, prompt: list[int], max_new_tokens: int) -> str:
+    # One request at a time: no padding, so the answer is exactly what a lone request gets.
+    ids = torch.tensor([prompt], device=base.device)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=list(base.spec.eos_token_ids),
+        pad_token_id=_pad_id(base),
+    )
+    return str(base.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True))
+
+
+def generate_and_score(
+    base: BaseModel, subject: Subject, examples: Sequence[Example], batch_size: int = 16
+) -> Generation:
+    """Exact match of greedy answers (stripped) and mean loss per target token."""
+    model = inference_model(base, subject.soft_prompt)
+    exact = 0
+    for example in examples:
+        prompt, answer = _reference(base, subject, example)
+        budget = len(output_ids(base.tokenizer, answer)) + 1  # one more: a longer answer differs
+        exact += _greedy(base, model, prompt, budget).strip() == answer.strip()
+    rows: list[Encoded] = []
+    for example in examples:
+        if isinstance(example, ChatExample):
+            example = _with_system(example, subject.system_prompt)
+        row = encode(base.tokenizer, example, subject.template, max_tokens=1 << 30)
+        assert row is not None
+        rows.append(row)
+    offset = prepends_embeddings(model)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            scores = score_targets(
+                model, collate(rows[start : start + batch_size], _pad_id(base)), offset
+            )
+            nll -= float((scores.logprobs * scores.mask).sum())
+            count += int(scores.mask.sum())
+    return Generation(exact=exact, total=len(examples), mean_token_loss=nll / max(count, 1))
+
+
+def _pad_id(base: BaseModel) -> int:
+    pad = base.tokenizer.pad_token_id
+    return int(pad) if pad is not None else 0

@@ -1,0 +1,109 @@
+"""Write a trained prompt into a registry folder: PEFT's files plus task.json and a loss curve."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.model.loader import BaseModel
+from app.registry.entry import PromptEntry, PromptFiles
+from app.registry.peft_format import CONFIG_FILE, TENSOR_FILE
+from app.registry.store import Registry
+from app.train.trainer import TrainReport
+from peft import PeftModel
+
+LOSS_PLOT = "loss.png"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What task.json records about a trained prompt."""
+
+    description: str | None = None
+    template: str | None = None
+    labels: tuple[str, ...] = ()
+    system_prompt: str | None = None
+    defaults: tuple[tuple[str, Any], ...] = ()  # sampling defaults, e.g. (("temperature", 0.0),)
+
+    def to_json(self, report: TrainReport, extra: dict[str, Any]) -> bytes:
+        task: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("description", self.description),
+                ("template", self.template),
+                ("system_prompt", self.system_prompt),
+            )
+            if value is not None
+        }
+        if self.labels:
+            task["labels"] = list(self.labels)
+        if self.defaults:
+            task["defaults"] = dict(self.defaults)
+        task["info"] = {
+            "training": {
+                **extra,
+                "steps": report.steps,
+                "seconds": round(report.seconds, 1),
+                "train_examples": report.train_examples,
+                "val_examples": report.val_examples,
+                "initial_val_loss": report.initial_val_loss,
+                "best_step": report.best.step,
+                "best_val_loss": report.best.val_loss,
+                "stopped_early": report.stopped_early,
+            }
+        }
+        return (json.dumps(task, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def peft_files(model: PeftModel, task_json: bytes) -> PromptFiles:
+    """The files `save_pretrained` writes (PEFT's own format), read back as bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        # save_embedding_layers=False: otherwise PEFT looks the base model up on the hub.
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        folder = Path(tmp)
+        return PromptFiles(
+            adapter_config=(folder / CONFIG_FILE).read_bytes(),
+            adapter_model=(folder / TENSOR_FILE).read_bytes(),
+            task=task_json,
+        )
+
+
+def plot_losses(report: TrainReport, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = range(1, len(report.step_losses) + 1)
+    ax.plot(steps, report.step_losses, lw=0.8, alpha=0.6, label="train (per step)")
+    points = [(v.step, v.val_loss) for v in report.history if v.val_loss is not None]
+    if points:
+        ax.plot(*zip(*points, strict=True), "o-", label="validation")
+    ax.axvline(report.best.step, ls=":", c="grey", label=f"best (step {report.best.step})")
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_prompt(
+    base: BaseModel,
+    model: PeftModel,
+    report: TrainReport,
+    root: Path,
+    task: str,
+    info: TaskInfo,
+    extra: dict[str, Any],
+) -> PromptEntry:
+    """Validate as the server would and write `root/task` atomically (a watching server picks it
+    up); then put the loss curve next to it."""
+    files = peft_files(model, info.to_json(report, extra))
+    root.mkdir(parents=True, exist_ok=True)
+    entry = Registry(root, base.spec).put(task, files)
+    plot_losses(report, root / task / LOSS_PLOT, f"{task} ({extra.get('kind', '')})")
+    return entry

@@ -1,0 +1,188 @@
+"""`softserve train/eval`: bad data files, and from a data file to a served task in two commands."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.api.app import create_app
+from app.cli.main import main
+from app.model import BaseModel
+from app.settings import Settings
+from app.train.data import Columns, DataError, load_examples, parse_label_map
+from tests.live import LiveServer, live
+from tests.test_train import toy_examples
+from tests.tiny import save_tiny
+
+BAD_FILES = [
+    (
+        "a.jsonl",
+        '{"input": "x", "output": "y"}\n\n{"input": "x", "output": }\n',
+        3,
+        "not valid JSON",
+    ),
+    ("b.jsonl", '{"input": "x", "output": "y"}\n{"input": "x"}\n', 2, "needs either"),
+    ("c.jsonl", '{"input": "x", "output": 3}\n', 1, "'output' must be a string"),
+    ("d.jsonl", "[1, 2]\n", 1, "expected a JSON object"),
+    ("e.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n', 1, "no assistant turn"),
+    ("f.jsonl", '{"messages": [{"role": "bot", "content": "hi"}]}\n', 1, "role must be one of"),
+    ("g.tsv", "label\tsentence\n1\tgood\n0\tbad\textra\n", 3, "3 fields, the header has 2"),
+    ("h.tsv", "label\tsentence\n1\tgood\n7\tbad\n", 3, "'7' is not in --label-map"),
+    ("i.csv", 'label,sentence\n1,"good\n', 2, "malformed row"),
+    ("j.tsv", "score\tsentence\n1\tgood\n", 1, "no column 'label'"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "line", "reason"), BAD_FILES)
+def test_bad_data_names_the_line(
+    tmp_path: Path, name: str, text: str, line: int, reason: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    columns = Columns("sentence", "label", parse_label_map("0=negative,1=positive"))
+    with pytest.raises(DataError) as err:
+        load_examples(path, columns)
+    assert err.value.line == line and reason in str(err.value)
+    assert str(err.value).startswith(f"{path}:{line}: ")
+
+
+@pytest.mark.parametrize("text", ["0=negative,1", "0=a,0=b", "=x", "0=,1=positive"])
+def test_bad_label_maps_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="label-map"):
+        parse_label_map(text)
+
+
+def test_the_train_command_reports_a_bad_file_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"input": "x", "output": "y"}\n{"input": "x", "output": ""}\n')
+    code = main(["train", "--kind", "prompt", "--task", "t", "--data", str(data)])
+    assert code == 2
+    assert f"{data}:2: 'output' is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kind", "p-tuning", "--init", "text:hello"], "does not apply to --kind p-tuning"),
+        (["--kind", "prompt", "--init", "words"], "expected text"),
+        (["--kind", "prompt", "--lr", "-1"], "lr must be a positive number"),
+        (["--kind", "prompt", "--template", "no placeholder"], "must contain {input}"),
+        (["--kind", "prompt", "--task", "../up"], "task name"),
+    ],
+)
+def test_bad_options_fail_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    data = tmp_path / "ok.jsonl"
+    data.write_text('{"input": "x", "output": "y"}\n{"input": "z", "output": "w"}\n')
+    task = [] if "--task" in args else ["--task", "t"]
+    code = main(["train", *task, "--data", str(data), "--model", str(tmp_path / "nowhere"), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny(tiny, tmp_path_factory.mktemp("model") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def server(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    settings = Settings(prompts=tmp_path_factory.mktemp("served"), registry_poll_s=0.1)
+    with live(create_app(settings, base=tiny)) as srv:
+        yield srv
+
+
+def _toy_tsv(path: Path) -> Path:
+    rows = ["label\tsentence"] + [
+        f"{1 if e.output == 'yes' else 0}\t{e.input}" for e in toy_examples()
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_from_a_data_file_to_a_served_task(
+    model_dir: Path, server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _toy_tsv(tmp_path / "toy.tsv")
+    table = ["--input-col", "sentence", "--output-col", "label", "--label-map", "0=no,1=yes"]
+    code = main(
+        [
+            "train",
+            "--kind",
+            "prompt",
+            "--task",
+            "toy",
+            "--data",
+            str(data),
+            *table,
+            "--template",
+            "Q: {input}\\nA:",
+            "--init",
+            "text:decide yes or no",
+            "--virtual-tokens",
+            "8",
+            "--epochs",
+            "12",
+            "--batch-size",
+            "16",
+            "--val-split",
+            "32",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "prompts"),
+            "--quiet",
+            "--push",
+            server.url,
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "saved" in out and "pushed to" in out
+    task = json.loads((tmp_path / "prompts" / "toy" / "task.json").read_text())
+    assert task["template"] == "Q: {input}\nA:" and task["labels"] == ["no", "yes"]
+
+    # The server applies the stored template: the raw input is enough.
+    body = {"model": "toy", "prompt": "axyzx", "max_tokens": 4, "temperature": 0}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "yes"
+
+    common = ["--data", str(data), *table, "--limit", "40"]
+    assert (
+        main(
+            [
+                "eval",
+                "--prompt",
+                "toy",
+                "--prompts",
+                str(tmp_path / "prompts"),
+                *common,
+                "--model",
+                str(model_dir),
+                "--json",
+                str(tmp_path / "fig.json"),
+            ]
+        )
+        == 0
+    )
+    local = capsys.readouterr().out
+    accuracy = float(re.search(r"^accuracy: (\d\.\d{3}) \(\d+/40\)$", local, re.M).group(1))  # type: ignore[union-attr]
+    assert accuracy >= 0.9
+    assert json.loads((tmp_path / "fig.json").read_text())["total"] == 40
+    assert main(["eval", "--none", *common, "--labels", "no,yes", "--model", str(model_dir)]) == 0
+    bare = float(re.search(r"^accuracy: (\d\.\d{3})", capsys.readouterr().out, re.M).group(1))  # type: ignore[union-attr]
+    assert bare < accuracy
+    assert (
+        main(["eval", "--prompt", "toy", "--server", server.url, "--labels", "no,yes", *common])
+        == 0
+    )
+    remote = capsys.readouterr().out
+    assert re.search(r"^accuracy: \d\.\d{3} \(\d+/40\)$", remote, re.M)
