@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from app.model import BaseModel, DType, load_base_model
+from app.model import BaseModel, DType, SoftPrompt, SoftPromptKind, load_base_model
 from app.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,3 +91,41 @@ def plot_bars(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def soft_prompts(base: BaseModel, count: int, tokens: int, seed: int = 0) -> list[SoftPrompt]:
+    """`count` distinct prompt-tuning tables shaped like real ones (rows of the word embeddings
+    plus noise), so the engine does exactly the work a trained prompt costs."""
+    words = base.model.get_input_embeddings().weight.detach()
+    gen = torch.Generator().manual_seed(seed)
+    prompts = []
+    for i in range(count):
+        rows = torch.randint(0, words.shape[0], (tokens,), generator=gen)
+        noise = torch.randn(tokens, words.shape[1], generator=gen) * float(words.std()) * 0.1
+        table = (words[rows.to(words.device)].cpu() + noise).to(words.dtype).to(words.device)
+        prompts.append(
+            SoftPrompt(key=f"bench-{seed}-{i}", kind=SoftPromptKind.EMBEDDINGS, table=table)
+        )
+    return prompts
+
+
+def random_ids(count: int, length: int, seed: int) -> list[tuple[int, ...]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        tuple(torch.randint(100, 20000, (length,), generator=gen).tolist()) for _ in range(count)
+    ]
+
+
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Alternate the variants (A B A B ...) so machine noise hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(run())
+    return times
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

@@ -11,7 +11,7 @@ from transformers import DynamicCache
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from app.model import BaseModel
-from bench.common import base_args, load, machine, plot_bars, timed, write
+from bench.common import base_args, interleaved, load, machine, median, plot_bars, timed, write
 
 PROMPT_LEN = 32
 
@@ -53,15 +53,23 @@ def engine_loop(base: BaseModel, batch: int, new_tokens: int) -> float:
 def main() -> None:
     parser = base_args(__doc__)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     base = load(args)
     new_tokens = 16 if args.quick else args.tokens
+    repeats = 1 if args.quick else args.repeats
     rows = []
     for batch in (1, 8, 32):
         bare_loop(base, batch, 4)  # warm-up
         engine_loop(base, batch, 4)
-        bare = min(bare_loop(base, batch, new_tokens) for _ in range(2))
-        ours = min(engine_loop(base, batch, new_tokens) for _ in range(2))
+        times = interleaved(
+            {
+                "bare": lambda: bare_loop(base, batch, new_tokens),  # noqa: B023 (used at once)
+                "engine": lambda: engine_loop(base, batch, new_tokens),  # noqa: B023
+            },
+            repeats,
+        )
+        bare, ours = median(times["bare"]), median(times["engine"])
         rows.append(
             {
                 "batch": batch,

@@ -128,13 +128,20 @@ def _hand_logprob(model: torch.nn.Module, prompt: list[int], answer: list[int]) 
     ids = torch.tensor([prompt + answer])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
+    if isinstance(model, PeftModel):  # prompt tuning: logits of the virtual tokens come first
+        logits = logits[model.active_peft_config.num_virtual_tokens :]
     logp = torch.log_softmax(logits, dim=-1)
     return sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(answer))
 
 
 @pytest.mark.parametrize("with_prompt", [False, True])
+@pytest.mark.parametrize("labels", [("yes", "no"), ("y", "n")])  # 3 tokens each / 1 token each
 def test_classification_matches_a_hand_computation(
-    tiny: BaseModel, make_adapter: object, tmp_path: Path, with_prompt: bool
+    tiny: BaseModel,
+    make_adapter: object,
+    tmp_path: Path,
+    with_prompt: bool,
+    labels: tuple[str, str],
 ) -> None:
     soft = None
     model: torch.nn.Module = tiny.model
@@ -145,7 +152,6 @@ def test_classification_matches_a_hand_computation(
         soft = registry.get("cls").soft_prompt
         model = PeftModel.from_pretrained(tiny.model, str(folder))
     tok = tiny.tokenizer
-    labels = ("yes", "no")
     gold, predicted = [], []
     for example in FIXED:
         prompt = tok(TEMPLATE.replace("{input}", example.input))["input_ids"]
@@ -153,11 +159,11 @@ def test_classification_matches_a_hand_computation(
             _hand_logprob(model, prompt, tok(label, add_special_tokens=False)["input_ids"])
             for label in labels
         ]
-        gold.append(labels.index(example.output))
+        gold.append(("yes", "no").index(example.output))
         predicted.append(max(range(2), key=lambda i: scores[i]))
-    result = classify(
-        tiny, Subject(soft_prompt=soft, template=TEMPLATE), FIXED, labels, batch_size=3
-    )
+    short = {"yes": labels[0], "no": labels[1]}
+    fixed = [TextExample(e.input, short[e.output]) for e in FIXED]
+    result = classify(tiny, Subject(soft_prompt=soft, template=TEMPLATE), fixed, labels, 3)
     assert result.total == 5
     assert result.correct == sum(g == p for g, p in zip(gold, predicted, strict=False))
     assert [c.predicted for c in result.classes] == [predicted.count(0), predicted.count(1)]

@@ -16,8 +16,16 @@ from app.registry.names import validate_task_name
 from app.registry.store import Registry
 from app.settings import Settings
 from app.train.adapters import PromptInit, TrainKind
-from app.train.data import Columns, Example, TextExample, load_examples, parse_label_map
+from app.train.data import (
+    ChatMessage,
+    Columns,
+    Example,
+    TextExample,
+    load_examples,
+    parse_label_map,
+)
 from app.train.distill import distill
+from app.train.encode import chat_prompt_ids
 from app.train.evaluate import Subject, classify, generate_and_score
 from app.train.save import TaskInfo, save_prompt
 from app.train.trainer import TrainConfig, train
@@ -150,9 +158,14 @@ def distill_command(args: argparse.Namespace) -> int:
         for example in result.examples:
             messages = [{"role": m.role, "content": m.content} for m in example.messages]
             f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-    prompt_tokens = len(base.tokenizer(system_prompt, add_special_tokens=False)["input_ids"])
+    user = (ChatMessage("user", questions[0]),)
+    with_system = len(
+        chat_prompt_ids(base.tokenizer, (ChatMessage("system", system_prompt), *user))
+    )
+    without = len(chat_prompt_ids(base.tokenizer, user))
     print(
         f"wrote {len(result.examples)} conversations to {args.out} "
-        f"({result.unfinished} unfinished answers dropped; system prompt: {prompt_tokens} tokens)"
+        f"({result.unfinished} unfinished answers dropped); prompt tokens for the first "
+        f"question: {with_system} with the system prompt, {without} without"
     )
     return 0

@@ -58,6 +58,44 @@ class Generation:
         return self.exact / self.total
 
 
+def _sequence_scores(
+    base: BaseModel, model: Any, prompts: list[list[int]], labels: list[list[int]], batch_size: int
+) -> torch.Tensor:
+    """[N, L] log-likelihood of each label's tokens after each prompt (one row per pair)."""
+    offset = prepends_embeddings(model)
+    rows = [
+        Encoded(tuple(prompt + ids), (False,) * len(prompt) + (True,) * len(ids))
+        for prompt in prompts
+        for ids in labels
+    ]
+    scores = torch.empty(len(rows))
+    for start in range(0, len(rows), batch_size):
+        chunk = collate(rows[start : start + batch_size], _pad_id(base))
+        scores[start : start + batch_size] = score_targets(model, chunk, offset).per_row().cpu()
+    return scores.view(len(prompts), len(labels))
+
+
+def _last_token_scores(
+    base: BaseModel, model: Any, prompts: list[list[int]], labels: list[int], batch_size: int
+) -> torch.Tensor:
+    """[N, L] the same figure when every label is one token: one forward per prompt, reading
+    the next-token distribution at its last position (half the work for two labels)."""
+    offset = prepends_embeddings(model)
+    scores = torch.empty(len(prompts), len(labels))
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        batch = collate([Encoded(tuple(p), (False,) * len(p)) for p in chunk], _pad_id(base))
+        last = batch.attention_mask.sum(dim=1) - 1  # [B] each row's last real position
+        out = model(
+            input_ids=batch.input_ids.to(model.device),
+            attention_mask=batch.attention_mask.to(model.device),
+        )
+        logits = out.logits[torch.arange(len(chunk)), (last + offset).to(model.device)]  # [B, V]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        scores[start : start + len(chunk)] = logprobs[:, labels].cpu()
+    return scores
+
+
 def _label_of(output: str, labels: Sequence[str], index: int) -> int:
     for i, label in enumerate(labels):
         if label.strip() == output.strip():
@@ -81,19 +119,12 @@ def classify(
     gold = [_label_of(e.output, labels, i) for i, e in enumerate(examples)]
     label_ids = [base.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
     model = inference_model(base, subject.soft_prompt)
-    offset = prepends_embeddings(model)
-    rows = []
-    for example in examples:
-        prompt = prompt_ids(base.tokenizer, subject.template, example.input)
-        rows += [
-            Encoded(tuple(prompt + ids), (False,) * len(prompt) + (True,) * len(ids))
-            for ids in label_ids
-        ]
-    scores = torch.empty(len(rows))
-    for start in range(0, len(rows), batch_size):
-        chunk = collate(rows[start : start + batch_size], _pad_id(base))
-        scores[start : start + batch_size] = score_targets(model, chunk, offset).per_row().cpu()
-    predicted = scores.view(len(examples), len(labels)).argmax(dim=1).tolist()
+    prompts = [prompt_ids(base.tokenizer, subject.template, e.input) for e in examples]
+    if all(len(ids) == 1 for ids in label_ids):
+        scores = _last_token_scores(base, model, prompts, [ids[0] for ids in label_ids], batch_size)
+    else:
+        scores = _sequence_scores(base, model, prompts, label_ids, batch_size)
+    predicted = scores.argmax(dim=1).tolist()
     classes = tuple(
         ClassCount(
             label=label,
