@@ -91,6 +91,12 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny: BaseModel) -> None:
     assert report.best.step < report.history[-1].step
 
 
+def test_steps_win_over_epochs(tiny: BaseModel) -> None:
+    # 8 training rows in one batch: an epoch is one step, so 5 steps means 5 passes.
+    trained = train(tiny, toy_examples(40), quick_config("prompt", epochs=1, max_steps=5))
+    assert trained.report.steps == 5 and trained.report.train_examples == 8
+
+
 def test_saved_folder_loads_in_peft_and_in_the_registry(tiny: BaseModel, tmp_path: Path) -> None:
     for kind in ("prompt", "p-tuning", "prefix"):
         trained = train(tiny, toy_examples(40), quick_config(kind, epochs=1))
@@ -187,7 +193,7 @@ def test_exact_match_and_token_loss_match_a_hand_computation(
     subject = Subject(soft_prompt=registry.get("toy").soft_prompt, template=TEMPLATE)
     peft = PeftModel.from_pretrained(tiny.model, str(trained_toy / "toy"))
     tok = tiny.tokenizer
-    nll, count, exact = 0.0, 0, 0
+    nll, count, exact, hits, prefix = 0.0, 0, 0, 0, 0.0
     for example in FIXED:
         prompt = tok(TEMPLATE.replace("{input}", example.input))["input_ids"]
         answer = [*tok(example.output, add_special_tokens=False)["input_ids"], tok.eos_token_id]
@@ -197,6 +203,7 @@ def test_exact_match_and_token_loss_match_a_hand_computation(
         logits = out_.logits[0, peft.active_peft_config.num_virtual_tokens :]  # drop virtual
         logp = torch.log_softmax(logits.float(), dim=-1)
         nll -= sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(answer))
+        hits += sum(int(logp[len(prompt) - 1 + i].argmax()) == t for i, t in enumerate(answer))
         count += len(answer)
         out = peft.generate(
             input_ids=torch.tensor([prompt]),
@@ -206,9 +213,15 @@ def test_exact_match_and_token_loss_match_a_hand_computation(
             pad_token_id=0,
             eos_token_id=tok.eos_token_id,
         )
-        text = tok.decode(out[0, len(prompt) :], skip_special_tokens=True)
+        got = out[0, len(prompt) :].tolist()
+        text = tok.decode(got, skip_special_tokens=True)
         exact += text.strip() == example.output
+        same = next((i for i, (a, b) in enumerate(zip(got, answer, strict=False)) if a != b), None)
+        prefix += (min(len(got), len(answer)) if same is None else same) / len(answer)
     assert exact >= 3  # the trained prompt answers the toy task (FIXED has one wrong answer)
     result = generate_and_score(tiny, subject, FIXED, batch_size=2)
     assert result.total == 5 and result.exact == exact
     assert result.mean_token_loss == pytest.approx(nll / count, rel=1e-4)
+    assert result.token_accuracy == pytest.approx(hits / count)
+    assert result.prefix_match == pytest.approx(prefix / len(FIXED))
+    assert 0 < result.prefix_match < 1  # one reference is wrong, so agreement is not full

@@ -186,3 +186,22 @@ def test_from_a_data_file_to_a_served_task(
     )
     remote = capsys.readouterr().out
     assert re.search(r"^accuracy: \d\.\d{3} \(\d+/40\)$", remote, re.M)
+
+
+def test_distill_writes_chats_and_counts_the_system_prompt(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    questions = tmp_path / "questions.txt"
+    questions.write_text("What is ice?\n\nWhy is the sky blue?\nHow do bees fly?\n")
+    out, counts = tmp_path / "chats.jsonl", tmp_path / "counts.json"
+    system = "You are a pirate. Answer in one short sentence, and always say arr."
+    args = ["distill", "--system-prompt", system, "--questions", str(questions)]
+    args += ["--out", str(out), "--json", str(counts), "--max-new-tokens", "6"]
+    assert main([*args, "--model", str(model_dir)]) == 0
+    figures = json.loads(counts.read_text())
+    chats = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(chats) == figures["conversations"] and len(chats) + figures["dropped"] == 3
+    for chat in chats:  # no system prompt: the soft prompt is to replace it
+        assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]
+    assert figures["prompt_tokens_with_system"] > figures["prompt_tokens_without"] + 10
+    assert "prompt tokens per request" in capsys.readouterr().out

@@ -31,8 +31,8 @@ def add_commands(sub: Any) -> None:
     )
     t.add_argument("--virtual-tokens", type=int, default=20)
     t.add_argument("--init", default="random", help='text:"...", random or vocab')
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--steps", type=int, help="stop after this many steps")
+    t.add_argument("--epochs", type=int, default=3, help="passes over the data (default 3)")
+    t.add_argument("--steps", type=int, help="train this many steps instead (cycles the data)")
     t.add_argument("--lr", type=float, help="learning rate (default depends on --kind)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--val-split", type=float, default=0.1, help="fraction, or a count if >= 1")
@@ -69,6 +69,7 @@ def add_distill(sub: Any) -> None:
     d.add_argument("--questions", required=True, type=Path, help="one user message per line")
     d.add_argument("--out", required=True, type=Path, help="JSONL of chats, for train/eval")
     d.add_argument("--max-new-tokens", type=int, default=96)
+    d.add_argument("--json", type=Path, help="also write the counts as JSON here")
     d.add_argument("--model", default="default")
     d.add_argument("--device", default="cpu")
 
@@ -104,7 +105,10 @@ def print_figures(figures: dict[str, Any], out: Path | None) -> None:
             )
     else:
         print(f"exact match: {figures['exact_match']:.3f} ({figures['exact']}/{figures['total']})")
+        # Absent for --server, which sees answers but not the model's scores.
         if figures.get("mean_token_loss") is not None:
+            print(f"answer prefix match: {figures['prefix_match']:.3f}")
+            print(f"token accuracy: {figures['token_accuracy']:.3f}")
             print(f"mean token loss: {figures['mean_token_loss']:.4f}")
     if out is not None:
         out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

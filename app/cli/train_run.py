@@ -140,6 +140,8 @@ def eval_command(args: argparse.Namespace) -> int:
                 "exact_match": gen.exact_match,
                 "exact": gen.exact,
                 "total": gen.total,
+                "prefix_match": gen.prefix_match,
+                "token_accuracy": gen.token_accuracy,
                 "mean_token_loss": gen.mean_token_loss,
             }
     print_figures(figures, args.json)
@@ -158,14 +160,24 @@ def distill_command(args: argparse.Namespace) -> int:
         for example in result.examples:
             messages = [{"role": m.role, "content": m.content} for m in example.messages]
             f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-    user = (ChatMessage("user", questions[0]),)
-    with_system = len(
-        chat_prompt_ids(base.tokenizer, (ChatMessage("system", system_prompt), *user))
-    )
-    without = len(chat_prompt_ids(base.tokenizer, user))
+    # What each request pays for the persona: the system prompt's tokens, averaged over the
+    # questions (the chat template adds a few of its own around it).
+    tok = base.tokenizer
+    system = ChatMessage("system", system_prompt)
+    with_system = [len(chat_prompt_ids(tok, (system, ChatMessage("user", q)))) for q in questions]
+    without = [len(chat_prompt_ids(tok, (ChatMessage("user", q),))) for q in questions]
+    figures = {
+        "conversations": len(result.examples),
+        "dropped": result.dropped,
+        "prompt_tokens_with_system": sum(with_system) / len(questions),
+        "prompt_tokens_without": sum(without) / len(questions),
+    }
     print(
         f"wrote {len(result.examples)} conversations to {args.out} "
-        f"({result.unfinished} unfinished answers dropped); prompt tokens for the first "
-        f"question: {with_system} with the system prompt, {without} without"
+        f"({result.dropped} dropped: unfinished or empty); prompt tokens per request: "
+        f"{figures['prompt_tokens_with_system']:.1f} with the system prompt, "
+        f"{figures['prompt_tokens_without']:.1f} without"
     )
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0

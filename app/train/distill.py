@@ -19,7 +19,7 @@ from app.train.encode import chat_prompt_ids
 @dataclass(frozen=True)
 class Distilled:
     examples: tuple[ChatExample, ...]  # user question + teacher answer, no system prompt
-    unfinished: int  # answers that hit the token budget before EOS (dropped: no clean target)
+    dropped: int  # answers that hit the token budget before EOS, or empty: no clean target
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +46,7 @@ def distill(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     eos = set(base.spec.eos_token_ids)
     examples: list[ChatExample] = []
-    unfinished = 0
+    dropped = 0
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         prompts = [
@@ -65,11 +65,12 @@ def distill(
         )
         for question, row in zip(chunk, out[:, ids.shape[1] :].tolist(), strict=True):
             ends = [i for i, t in enumerate(row) if t in eos]
-            if not ends:
-                unfinished += 1
+            answer = (
+                str(tok.decode(row[: ends[0]], skip_special_tokens=True)).strip() if ends else ""
+            )
+            if not answer:
+                dropped += 1
                 continue
-            answer = str(tok.decode(row[: ends[0]], skip_special_tokens=True)).strip()
-            if answer:
-                messages = (ChatMessage("user", question), ChatMessage("assistant", answer))
-                examples.append(ChatExample(messages))
-    return Distilled(examples=tuple(examples), unfinished=unfinished)
+            messages = (ChatMessage("user", question), ChatMessage("assistant", answer))
+            examples.append(ChatExample(messages))
+    return Distilled(examples=tuple(examples), dropped=dropped)

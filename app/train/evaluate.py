@@ -1,7 +1,9 @@
 """Evaluate a soft prompt, a hand-written prompt or the bare model on the same data.
 
 Classification (labels given) compares the labels' log-likelihoods after the templated input;
-otherwise the figures are exact match of the greedy answer and the mean loss per target token.
+otherwise the figures are exact match of the greedy answer, how far into the reference answer
+the greedy answer agrees (a softer match for long answers), the share of reference tokens that
+are the most likely next token (teacher forcing), and the mean loss per target token.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from app.model.loader import BaseModel
 from app.model.soft_prompt import SoftPrompt
 from app.train.adapters import inference_model, prepends_embeddings
 from app.train.data import ChatExample, ChatMessage, Example, TextExample
-from app.train.encode import Encoded, chat_prompt_ids, collate, encode, output_ids, prompt_ids
+from app.train.encode import Encoded, chat_prompt_ids, collate, encode, prompt_ids
 from app.train.scoring import score_targets
 
 
@@ -51,6 +53,8 @@ class Classification:
 class Generation:
     exact: int
     total: int
+    prefix_match: float  # mean share of the reference answer's tokens greedy reproduces first
+    token_accuracy: float  # share of reference tokens that are the argmax under teacher forcing
     mean_token_loss: float
 
     @property
@@ -156,7 +160,7 @@ def _reference(base: BaseModel, subject: Subject, example: Example) -> tuple[lis
 
 
 @torch.no_grad()
-def _greedy(base: BaseModel, model: Any, prompt: list[int], max_new_tokens: int) -> str:
+def _greedy(base: BaseModel, model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
     # One request at a time: no padding, so the answer is exactly what a lone request gets.
     ids = torch.tensor([prompt], device=base.device)
     out = model.generate(
@@ -167,36 +171,64 @@ def _greedy(base: BaseModel, model: Any, prompt: list[int], max_new_tokens: int)
         eos_token_id=list(base.spec.eos_token_ids),
         pad_token_id=_pad_id(base),
     )
-    return str(base.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True))
+    return [int(t) for t in out[0, len(prompt) :]]
+
+
+def _last_answer(row: Encoded) -> list[int]:
+    """The reference answer's tokens as scored: the last run of targets (it ends with EOS)."""
+    end = max(i for i, t in enumerate(row.targets) if t) + 1
+    start = end
+    while start > 0 and row.targets[start - 1]:
+        start -= 1
+    return list(row.ids[start:end])
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _encode_reference(base: BaseModel, subject: Subject, example: Example) -> Encoded:
+    if isinstance(example, ChatExample):
+        example = _with_system(example, subject.system_prompt)
+    row = encode(base.tokenizer, example, subject.template, max_tokens=1 << 30)
+    assert row is not None  # no length limit
+    return row
 
 
 def generate_and_score(
     base: BaseModel, subject: Subject, examples: Sequence[Example], batch_size: int = 16
 ) -> Generation:
-    """Exact match of greedy answers (stripped) and mean loss per target token."""
+    """Greedy answers against the references, and the references' loss under the subject."""
     model = inference_model(base, subject.soft_prompt)
-    exact = 0
-    for example in examples:
+    rows = [_encode_reference(base, subject, example) for example in examples]
+    exact, prefix = 0, 0.0
+    for example, row in zip(examples, rows, strict=True):
         prompt, answer = _reference(base, subject, example)
-        budget = len(output_ids(base.tokenizer, answer)) + 1  # one more: a longer answer differs
-        exact += _greedy(base, model, prompt, budget).strip() == answer.strip()
-    rows: list[Encoded] = []
-    for example in examples:
-        if isinstance(example, ChatExample):
-            example = _with_system(example, subject.system_prompt)
-        row = encode(base.tokenizer, example, subject.template, max_tokens=1 << 30)
-        assert row is not None
-        rows.append(row)
+        wanted = _last_answer(row)
+        got = _greedy(base, model, prompt, len(wanted) + 1)  # one more: a longer answer differs
+        text = base.tokenizer.decode(got, skip_special_tokens=True)
+        exact += str(text).strip() == answer.strip()
+        prefix += _common_prefix(got, wanted) / len(wanted)
     offset = prepends_embeddings(model)
-    nll, count = 0.0, 0
+    nll, hits, count = 0.0, 0, 0
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             scores = score_targets(
                 model, collate(rows[start : start + batch_size], _pad_id(base)), offset
             )
             nll -= float((scores.logprobs * scores.mask).sum())
+            hits += int((scores.top1 & scores.mask).sum())
             count += int(scores.mask.sum())
-    return Generation(exact=exact, total=len(examples), mean_token_loss=nll / max(count, 1))
+    return Generation(
+        exact=exact,
+        total=len(examples),
+        prefix_match=prefix / len(examples),
+        token_accuracy=hits / max(count, 1),
+        mean_token_loss=nll / max(count, 1),
+    )
 
 
 def _pad_id(base: BaseModel) -> int:

@@ -13,6 +13,7 @@ from app.train.encode import Batch
 class TargetScores:
     logprobs: torch.Tensor  # [B, K] log p(target token) at the K kept positions
     mask: torch.Tensor  # [B, K] bool: which of them are targets of that row
+    top1: torch.Tensor  # [B, K] bool: the target token was the most likely one
 
     def per_row(self) -> torch.Tensor:  # [B] summed log-likelihood of each row's targets
         return (self.logprobs * self.mask).sum(dim=1)
@@ -41,4 +42,5 @@ def score_targets(model: Any, batch: Batch, offset: int) -> TargetScores:
     logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # [B, K, V]
     wanted = ids[:, predicted + 1]  # [B, K]
     picked = logprobs.gather(-1, wanted[..., None]).squeeze(-1)  # [B, K]
-    return TargetScores(logprobs=picked, mask=targets[:, predicted + 1])
+    top1 = logprobs.argmax(dim=-1) == wanted  # [B, K]
+    return TargetScores(logprobs=picked, mask=targets[:, predicted + 1], top1=top1)

@@ -33,7 +33,7 @@ class TrainConfig:
     virtual_tokens: int = 20
     init: PromptInit = field(default_factory=lambda: PromptInit(InitKind.RANDOM))
     epochs: int = 3
-    max_steps: int | None = None  # stop after this many optimizer steps, whatever the epochs
+    max_steps: int | None = None  # when set, train this many optimizer steps; epochs is ignored
     lr: float | None = None  # None: DEFAULT_LR[kind]
     batch_size: int = 8
     val_split: float = 0.1  # a fraction (< 1) or a number of examples (>= 1)
@@ -152,7 +152,8 @@ def train(base: BaseModel, examples: Sequence[Example], config: TrainConfig) -> 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr or DEFAULT_LR[config.kind], weight_decay=0.0)
     per_epoch = math.ceil(len(train_rows) / config.batch_size)
-    total = min(config.max_steps or per_epoch * config.epochs, per_epoch * config.epochs)
+    # Steps, when given, win over epochs: a small distillation set needs many passes.
+    total = config.max_steps or per_epoch * config.epochs
     warmup = max(1, total // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
