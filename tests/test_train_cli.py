@@ -205,3 +205,31 @@ def test_distill_writes_chats_and_counts_the_system_prompt(
         assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]
     assert figures["prompt_tokens_with_system"] > figures["prompt_tokens_without"] + 10
     assert "prompt tokens per request" in capsys.readouterr().out
+
+
+def test_eval_system_prompt_equals_one_written_in_the_data(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    system = "You are a terse expert."
+    plain, with_system = tmp_path / "plain.jsonl", tmp_path / "with.jsonl"
+    turns = [("What is ice?", "Frozen water."), ("Why is the sky blue?", "Scattering.")]
+    for path, head in ((plain, []), (with_system, [{"role": "system", "content": system}])):
+        rows = [
+            {
+                "messages": [
+                    *head,
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": a},
+                ]
+            }
+            for q, a in turns
+        ]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["eval", "--none", "--model", str(model_dir), "--data"]
+    figures = []
+    for extra in ([str(plain), "--system-prompt", system], [str(with_system)], [str(plain)]):
+        assert main([*common, *extra, "--json", str(tmp_path / "f.json")]) == 0
+        figures.append(json.loads((tmp_path / "f.json").read_text()))
+    capsys.readouterr()
+    assert figures[0] == figures[1]
+    assert figures[0]["mean_token_loss"] != figures[2]["mean_token_loss"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from app.cli.train import read_template
+from app.cli.train import read_template, read_text_arg
 from app.train.data import Example, TextExample
 
 
@@ -26,7 +26,12 @@ def _model_and_template(client: httpx.Client, args: argparse.Namespace) -> tuple
 
 
 def _answer(
-    client: httpx.Client, model: str, template: str | None, example: Example, budget: int
+    client: httpx.Client,
+    model: str,
+    template: str | None,
+    system: str | None,
+    example: Example,
+    budget: int,
 ) -> str:
     body: dict[str, Any] = {"model": model, "max_tokens": budget, "temperature": 0}
     if isinstance(example, TextExample):
@@ -35,6 +40,8 @@ def _answer(
         return str(r.json()["choices"][0]["text"])
     last = max(i for i, m in enumerate(example.messages) if m.role == "assistant")
     messages = [{"role": m.role, "content": m.content} for m in example.messages[:last]]
+    if system is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
     r = client.post("/v1/chat/completions", json={**body, "messages": messages}).raise_for_status()
     return str(r.json()["choices"][0]["message"]["content"])
 
@@ -52,8 +59,10 @@ def remote_figures(
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=args.server, headers=headers, timeout=120) as client:
         model, template = _model_and_template(client, args)
+        system = read_text_arg(args.system_prompt).strip() if args.system_prompt else None
         answers = [
-            _answer(client, model, template, e, 8 if labels else 256).strip() for e in examples
+            _answer(client, model, template, system, e, 8 if labels else 256).strip()
+            for e in examples
         ]
     expected = [_expected(e).strip() for e in examples]
     if not labels:

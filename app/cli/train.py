@@ -56,6 +56,9 @@ def add_commands(sub: Any) -> None:
     _add_data_args(e)
     e.add_argument("--labels", help="comma-separated labels: classify by their log-likelihood")
     e.add_argument("--prompts", type=Path, default=Path(DEFAULT_PROMPTS))
+    e.add_argument(
+        "--system-prompt", help="system prompt for chat examples (text or @file), e.g. a teacher's"
+    )
     e.add_argument("--server", metavar="URL", help="ask a running server instead (greedy answers)")
     e.add_argument("--api-key", help="key for --server (or SOFTSERVE_API_KEY)")
     e.add_argument("--batch-size", type=int, default=32)

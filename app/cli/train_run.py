@@ -101,6 +101,15 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def _subject(args: argparse.Namespace, base: BaseModel) -> tuple[Subject, tuple[str, ...]]:
+    subject, labels = _chosen_subject(args, base)
+    if args.system_prompt:  # wins over the task's own, as a request's system message would
+        subject = dataclasses.replace(
+            subject, system_prompt=read_text_arg(args.system_prompt).strip()
+        )
+    return subject, labels
+
+
+def _chosen_subject(args: argparse.Namespace, base: BaseModel) -> tuple[Subject, tuple[str, ...]]:
     if args.none:
         return Subject(), ()
     if args.hard_prompt:

@@ -2,7 +2,8 @@
 
 For each persona: how closely the soft-prompted greedy answer follows the teacher's (the frozen
 model under the long system prompt) on held-out questions, next to the bare model with no persona
-at all, and the prompt tokens each request no longer sends.
+at all and the teacher itself (its figures are the ceiling), and the prompt tokens each request
+no longer sends.
 
     python examples/personas/report.py [--runs runs/personas] [--prompts prompts]
 """
@@ -54,7 +55,10 @@ def main() -> None:
         )
         print(f"| {persona} | soft prompt | {_figures(_load(soft))} | {tokens} | {trained} |")
         none = _load(args.runs / f"{persona}.none.json")
-        print(f"| {persona} | bare model | {_figures(none)} | | |")
+        print(f"| {persona} | bare model, no persona | {_figures(none)} | | |")
+        teacher = args.runs / f"{persona}.teacher.json"
+        if teacher.exists():
+            print(f"| {persona} | long system prompt | {_figures(_load(teacher))} | | |")
 
 
 if __name__ == "__main__":

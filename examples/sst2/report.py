@@ -17,6 +17,7 @@ HARD = {
     "hard-zero-shot-nospace": "hard: zero-shot template, labels 'positive'/'negative'",
     "hard-instruction": "hard: instruction + template",
     "hard-few-shot-4": "hard: 4-shot",
+    "hard-few-shot-8": "hard: 8-shot",
     "hard-chat": "hard: chat-formatted question",
     "none": "bare model, raw review",
 }
@@ -48,6 +49,9 @@ def main() -> None:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(args.runs / best[0], target)
+        task = json.loads((target / "task.json").read_text())
+        task["description"] = f"SST-2 movie-review sentiment ({SOFT[best[0]]}): positive or negative"
+        (target / "task.json").write_text(json.dumps(task, indent=2) + "\n")
         print(f"copied {best[0]} ({best[2]:.3f}) to {target}")
 
 
