@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import random
@@ -166,13 +165,14 @@ def summarise(rate: float, results: list[Result], elapsed: float, swaps: int) ->
 
 
 def knee(rows: list[dict[str, Any]]) -> float | None:
-    """The highest rate before p99 end-to-end latency more than doubles from the previous rate
-    (past it, requests queue faster than they are served)."""
-    best = rows[0]["rate"] if rows else None
-    for prev, cur in itertools.pairwise(rows):
-        if cur["e2e_p99"] > 2 * prev["e2e_p99"]:
-            return float(prev["rate"])
-        best = cur["rate"]
+    """The highest rate before queueing sets in: median TTFT within 3x of the lightest load's.
+    Past it, requests wait for a batch slot, and TTFT grows with the length of the run rather
+    than with the work per request."""
+    best = None
+    for row in rows:
+        if row["ttft_p50"] > 3 * rows[0]["ttft_p50"]:
+            break
+        best = float(row["rate"])
     return best
 
 

@@ -53,7 +53,7 @@ class Classification:
 class Generation:
     exact: int
     total: int
-    prefix_match: float  # mean share of the reference answer's tokens greedy reproduces first
+    prefix_match: float  # mean share of the reference answer's characters greedy reproduces first
     token_accuracy: float  # share of reference tokens that are the argmax under teacher forcing
     mean_token_loss: float
 
@@ -174,16 +174,7 @@ def _greedy(base: BaseModel, model: Any, prompt: list[int], max_new_tokens: int)
     return [int(t) for t in out[0, len(prompt) :]]
 
 
-def _last_answer(row: Encoded) -> list[int]:
-    """The reference answer's tokens as scored: the last run of targets (it ends with EOS)."""
-    end = max(i for i, t in enumerate(row.targets) if t) + 1
-    start = end
-    while start > 0 and row.targets[start - 1]:
-        start -= 1
-    return list(row.ids[start:end])
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def _common_prefix(a: str, b: str) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
@@ -207,11 +198,13 @@ def generate_and_score(
     exact, prefix = 0, 0.0
     for example, row in zip(examples, rows, strict=True):
         prompt, answer = _reference(base, subject, example)
-        wanted = _last_answer(row)
-        got = _greedy(base, model, prompt, len(wanted) + 1)  # one more: a longer answer differs
-        text = base.tokenizer.decode(got, skip_special_tokens=True)
-        exact += str(text).strip() == answer.strip()
-        prefix += _common_prefix(got, wanted) / len(wanted)
+        budget = sum(row.targets) + 1  # every target token, plus one: a longer answer differs
+        got = str(
+            base.tokenizer.decode(_greedy(base, model, prompt, budget), skip_special_tokens=True)
+        )
+        # Compared as text, so a different tokenization of the same answer still matches.
+        exact += got.strip() == answer.strip()
+        prefix += _common_prefix(got.strip(), answer.strip()) / max(len(answer.strip()), 1)
     offset = prepends_embeddings(model)
     nll, hits, count = 0.0, 0, 0
     with torch.no_grad():
