@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import torch
@@ -62,3 +64,27 @@ def test_openai_client_against_real_model(real_server: str) -> None:
         model=DEFAULT_MODEL_ID, messages=QUESTION, max_tokens=30, temperature=0
     )  # type: ignore[arg-type]
     assert "Paris" in (out.choices[0].message.content or "")
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "prompts"
+
+
+def test_shipped_prompts_are_served(real: BaseModel, tmp_path: Path) -> None:
+    # A copy, so the server's watcher never touches the repository's folder.
+    prompts = tmp_path / "prompts"
+    shutil.copytree(SHIPPED, prompts)
+    with live(create_app(Settings(prompts=prompts), base=real)) as srv:
+        models = httpx.get(f"{srv.url}/v1/models", timeout=30).json()["data"]
+        ids = {m["id"] for m in models}
+        assert {"sst2-sentiment", "pirate", "terse-expert", "kind-teacher"} <= ids
+        for review, label in (
+            ("a gorgeous , witty and deeply moving film", "positive"),
+            ("a dull , lifeless and badly acted mess", "negative"),
+        ):
+            # The raw review is enough: the task's template is applied by the server.
+            body = {"model": "sst2-sentiment", "prompt": review, "max_tokens": 3, "temperature": 0}
+            r = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60)
+            assert r.status_code == 200 and r.json()["choices"][0]["text"].strip() == label
+        body = {"model": "pirate", "messages": QUESTION, "max_tokens": 20, "temperature": 0}
+        r = httpx.post(f"{srv.url}/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip()
