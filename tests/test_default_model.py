@@ -81,10 +81,13 @@ def test_shipped_prompts_are_served(real: BaseModel, tmp_path: Path) -> None:
             ("a gorgeous , witty and deeply moving film", "positive"),
             ("a dull , lifeless and badly acted mess", "negative"),
         ):
-            # The raw review is enough: the task's template is applied by the server.
-            body = {"model": "sst2-sentiment", "prompt": review, "max_tokens": 3, "temperature": 0}
+            # The raw review is enough: the server applies the task's template and its defaults
+            # (greedy, one token), so the answer is exactly the label.
+            body = {"model": "sst2-sentiment", "prompt": review}
             r = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60)
-            assert r.status_code == 200 and r.json()["choices"][0]["text"].strip() == label
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["text"].strip() == label
+            assert r.json()["usage"]["completion_tokens"] == 1
         body = {"model": "pirate", "messages": QUESTION, "max_tokens": 20, "temperature": 0}
         r = httpx.post(f"{srv.url}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip()

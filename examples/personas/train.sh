@@ -18,7 +18,8 @@ for persona in pirate terse-expert kind-teacher; do
     --max-new-tokens 128 --out "$out/$persona-eval.jsonl" --json "$out/$persona-eval.counts.json"
   softserve train --kind prefix --task "$persona" --data "$out/$persona-train.jsonl" \
     --init "text:$(cat "$system")" --virtual-tokens 24 --steps 150 --batch-size 8 \
-    --val-split 24 --eval-every 25 --patience 3 --description "$(head -c 120 "$system")..." \
+    --val-split 24 --eval-every 25 --patience 3 \
+    --defaults '{"temperature": 0.7, "top_p": 0.9, "max_tokens": 128}' --description "$(head -c 120 "$system")..." \
     --out "$prompts" --quiet
   softserve eval --prompt "$persona" --prompts "$prompts" --data "$out/$persona-eval.jsonl" \
     --json "$out/$persona.eval.json"

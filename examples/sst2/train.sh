@@ -6,7 +6,8 @@ data=${1:-../shared/data/sst2}
 out=${OUT:-runs/sst2}
 common=(--data "$data/train.tsv" --input-col sentence --output-col label
         --label-map 0=negative,1=positive --template 'Review: {input}\nSentiment:'
-        --batch-size 16 --val-split 256 --eval-every 50 --patience 4 --out "$out" --quiet)
+        --batch-size 16 --val-split 256 --eval-every 50 --patience 4 --out "$out" --quiet
+        --defaults '{"temperature": 0, "max_tokens": 1}')
 init='text:Classify the sentiment of this movie review as positive or negative.'
 [ "${SKIP_PREFIX:-}" ] || softserve train --kind prefix --task sst2-prefix --init "$init" --steps 400 "${common[@]}"
 softserve train --kind prompt --task sst2-prompt --init "$init" --steps 150 "${common[@]}"
