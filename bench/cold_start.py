@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.cold_start [--runs 2]
 
 The first start uses an empty cache folder (the GGUF is de-quantized and cached); each later start
-reuses it. Writes bench/results/cold_start.json.
+reuses it. Writes bench/results/cold_start.json and cold_start.png.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -104,6 +105,22 @@ def main() -> None:
         "platform": platform.platform(),
     }
     args.out.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
+    plot(rows)
+
+
+def plot(rows: list[dict[str, Any]]) -> None:
+    from bench.common import plot_bars  # torch comes with it: only after the timed starts
+
+    plot_bars(
+        "cold_start",
+        "softserve serve: start to first answer",
+        [f"start {i + 1} ({'uncached' if i == 0 else 'cached'})" for i in range(len(rows))],
+        {
+            "healthy": [r["healthy_s"] for r in rows],
+            "first answer": [r["first_answer_s"] for r in rows],
+        },
+        "seconds",
+    )
 
 
 if __name__ == "__main__":
