@@ -1,6 +1,6 @@
 """Cold start: time from `softserve serve` to the first answer, first start vs cached start.
 
-    .venv/bin/python -m bench.cold_start [--runs 2]
+    .venv/bin/python -m bench.cold_start [--device cuda] [--runs 2]
 
 The first start uses an empty cache folder (the GGUF is de-quantized and cached); each later start
 reuses it. Writes bench/results/cold_start.json and cold_start.png.
@@ -9,7 +9,6 @@ reuses it. Writes bench/results/cold_start.json and cold_start.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -32,9 +31,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def time_to_first_answer(cache_dir: Path, prompts: Path) -> tuple[float, float, str]:
+def time_to_first_answer(cache_dir: Path, prompts: Path, device: str) -> tuple[float, float, str]:
     port = free_port()
-    env = {**os.environ, "SOFTSERVE_CACHE_DIR": str(cache_dir), "SOFTSERVE_PROMPTS": str(prompts)}
+    env = {
+        **os.environ,
+        "SOFTSERVE_CACHE_DIR": str(cache_dir),
+        "SOFTSERVE_PROMPTS": str(prompts),
+        "SOFTSERVE_DEVICE": device,
+    }
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port), "--log-level", "warning"],
@@ -74,14 +78,14 @@ def time_to_first_answer(cache_dir: Path, prompts: Path) -> tuple[float, float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=2, help="starts in all (the first is uncached)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/cold_start.json"))
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache, prompts = Path(tmp) / "cache", Path(tmp) / "prompts"
         prompts.mkdir()
         for i in range(args.runs):
-            healthy, answered, text = time_to_first_answer(cache, prompts)
+            healthy, answered, text = time_to_first_answer(cache, prompts, args.device)
             rows.append(
                 {
                     "start": "first (uncached)" if i == 0 else "cached",
@@ -98,19 +102,19 @@ def main() -> None:
         print(
             f"first/cached ratio: {rows[0]['first_answer_s'] / min(cached):.1f}x; answer: {rows[-1]['answer']!r}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
     }
-    args.out.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
-    plot(rows)
+    save({"machine": machine, "runs": rows})
 
 
-def plot(rows: list[dict[str, Any]]) -> None:
-    from bench.common import plot_bars  # torch comes with it: only after the timed starts
+def save(payload: dict[str, Any]) -> None:
+    from bench.common import plot_bars, write  # torch comes with them: only after the timings
 
+    write("cold_start", payload)
+    rows = payload["runs"]
     plot_bars(
         "cold_start",
         "softserve serve: start to first answer",

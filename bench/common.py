@@ -19,6 +19,11 @@ from app.settings import Settings
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def results_dir() -> Path:
+    """bench/results, or $SOFTSERVE_BENCH_RESULTS (the smoke test keeps the committed results)."""
+    return Path(os.environ.get("SOFTSERVE_BENCH_RESULTS") or RESULTS)
+
+
 def base_args(description: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="default")
@@ -62,8 +67,8 @@ def timed(fn: Callable[[], Any], device: str) -> float:
 
 
 def write(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results_dir().mkdir(parents=True, exist_ok=True)
+    path = results_dir() / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
 
@@ -87,7 +92,7 @@ def plot_bars(
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    path = RESULTS / f"{name}.png"
+    path = results_dir() / f"{name}.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -200,7 +200,7 @@ def plot(rows: list[dict[str, Any]], swap: dict[str, Any] | None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.common import RESULTS
+    from bench.common import results_dir
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     x = [r["throughput_tok_s"] for r in rows]
@@ -223,7 +223,7 @@ def plot(rows: list[dict[str, Any]], swap: dict[str, Any] | None) -> None:
     b.set(xlabel="request rate (req/s)", ylabel="seconds", title="TTFT and time per output token")
     b.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "serve_http.png", dpi=110)
+    fig.savefig(results_dir() / "serve_http.png", dpi=110)
     plt.close(fig)
 
 
