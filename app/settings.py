@@ -4,11 +4,12 @@ variables over defaults) and passed down as plain values."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.model import DType
+from app.model import DType, Quantize
 
 
 def _default_cache_dir() -> Path:
@@ -26,6 +27,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     device: str = "cpu"
     dtype: DType = DType.FLOAT32
+    quantize: Quantize = Field(Quantize.NONE, description="int8: weight-only int8 linears")
+    int8_max_tokens: int = Field(
+        16, ge=0, description="with int8: steps of more tokens use the bf16 weights (faster there)"
+    )
+    backend: Literal["auto", "lean", "hf"] = Field(
+        "auto", description="lean: Softserve's Llama-family forward; hf: the model's own"
+    )
+    prefill_chunk: int = Field(256, ge=1, description="prompt tokens prefilled per engine step")
     cache_dir: Path = Field(default_factory=_default_cache_dir)
 
     max_batch_size: int = Field(32, ge=1, le=1024)

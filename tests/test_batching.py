@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.engine import Engine, EngineConfig, FinishReason, GenerationRequest, SamplingParams
+from app.engine.engine import Backend
 from app.model import BaseModel
 from app.registry import Registry
 from tests.conftest import MakeAdapter, run_to_completion, tokens_of
@@ -51,7 +52,18 @@ def _requests(tiny: BaseModel, registry: Registry) -> list[GenerationRequest]:
     return requests
 
 
-def test_mixed_batch_equals_alone(tiny: BaseModel, registry: Registry) -> None:
+@pytest.mark.parametrize(
+    "config",
+    [
+        EngineConfig(max_batch_size=32, backend=Backend.LEAN),
+        EngineConfig(max_batch_size=32, backend=Backend.LEAN, prefill_chunk=5),
+        EngineConfig(max_batch_size=32, backend=Backend.HF),
+    ],
+    ids=["lean", "lean-chunked", "hf"],
+)
+def test_mixed_batch_equals_alone(
+    tiny: BaseModel, registry: Registry, config: EngineConfig
+) -> None:
     requests = _requests(tiny, registry)
     assert len(requests) >= 8
     alone = {
@@ -59,11 +71,11 @@ def test_mixed_batch_equals_alone(tiny: BaseModel, registry: Registry) -> None:
     }
 
     # All at once: one mixed batch of every kind, the bare model, different P and T.
-    together = run_to_completion(Engine(tiny, EngineConfig(max_batch_size=32)), *requests)
+    together = run_to_completion(Engine(tiny, config), *requests)
     assert {k: tokens_of(v) for k, v in together.items()} == alone
 
     # Staggered: some rows join mid-decode, others leave early (different max_tokens).
-    engine = Engine(tiny, EngineConfig(max_batch_size=32))
+    engine = Engine(tiny, config)
     got: dict[str, list[int]] = {}
     pending = list(requests)
     joined_mid_decode = 0

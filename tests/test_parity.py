@@ -9,9 +9,18 @@ import pytest
 import torch
 from peft import PeftModel
 
-from app.engine import Engine, GenerationRequest, SamplingParams, compute_kv_prefix
+from app.engine import (
+    Engine,
+    EngineConfig,
+    GenerationRequest,
+    SamplingParams,
+    compute_kv_prefix,
+    lean,
+)
 from app.engine import kv as kvops
+from app.engine.engine import Backend
 from app.engine.forward import decode_step, prefill
+from app.engine.runner import LeanRunner
 from app.model import BaseModel, SoftPrompt
 from app.registry import Registry
 from tests.conftest import KINDS, MakeAdapter, run_to_completion, tokens_of
@@ -58,9 +67,35 @@ def _engine_logits(
     return torch.cat(logits)
 
 
+def _lean_logits(
+    tiny: BaseModel, soft_prompt: SoftPrompt, ids: list[int], tokens: list[int], chunk: int
+) -> torch.Tensor:
+    """The same through the lean forward and its slot cache, the prompt in chunks of `chunk`."""
+    model = lean.build(tiny.model, dtype=torch.float32, max_positions=tiny.spec.max_context)
+    runner = LeanRunner(model, tiny, num_slots=2, max_len=tiny.spec.max_context)
+    runner.admit(None)  # a neighbour slot, so the row under test is not slot 0
+    prefix = compute_kv_prefix(tiny, soft_prompt)
+    slot = runner.admit(prefix)
+    logits = []
+    with torch.inference_mode():
+        for start in range(0, len(ids), chunk):
+            part = tuple(ids[start : start + chunk])
+            done = start + len(part) == len(ids)
+            seg = lean.Segment(slot, part, prefix.length + start, emit=done)
+            _, out = runner.forward([seg])
+            logits += [out] if done else []
+        position = prefix.length + len(ids)
+        for token in tokens[:-1]:
+            _, out = runner.forward([lean.Segment(slot, (token,), position, emit=True)])
+            logits.append(out)
+            position += 1
+    return torch.cat(logits)
+
+
+@pytest.mark.parametrize("backend", [Backend.LEAN, Backend.HF])
 @pytest.mark.parametrize("kind", KINDS)
 def test_engine_matches_peft(
-    kind: str, tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path
+    kind: str, backend: Backend, tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path
 ) -> None:
     folder = make_adapter(tmp_path, f"task-{kind}", kind, num_virtual_tokens=7)
     registry = Registry(tmp_path, tiny.spec)
@@ -70,7 +105,7 @@ def test_engine_matches_peft(
     ref_tokens, ref_logits = _reference(tiny, folder, ids)
 
     # Greedy tokens through the full engine.
-    engine = Engine(tiny)
+    engine = Engine(tiny, EngineConfig(backend=backend, prefill_chunk=4))
     request = GenerationRequest(
         "r",
         tuple(ids),
@@ -79,15 +114,21 @@ def test_engine_matches_peft(
     )
     assert tokens_of(run_to_completion(engine, request)["r"]) == ref_tokens
 
-    # fp32 logits at every step.
-    ours = _engine_logits(tiny, entry.soft_prompt, ids, ref_tokens)
-    assert ours.shape == ref_logits.shape
-    assert torch.allclose(ours, ref_logits.float(), atol=1e-4, rtol=0), (
-        (ours - ref_logits).abs().max()
-    )
+    # fp32 logits at every step: HF's forward, and the lean one whole and in chunks.
+    for ours in (
+        _engine_logits(tiny, entry.soft_prompt, ids, ref_tokens)
+        if backend is Backend.HF
+        else _lean_logits(tiny, entry.soft_prompt, ids, ref_tokens, chunk=len(ids)),
+        _lean_logits(tiny, entry.soft_prompt, ids, ref_tokens, chunk=3),
+    ):
+        assert ours.shape == ref_logits.shape
+        assert torch.allclose(ours, ref_logits.float(), atol=1e-4, rtol=0), (
+            (ours - ref_logits).abs().max()
+        )
 
 
-def test_bare_model_matches_generate(tiny: BaseModel) -> None:
+@pytest.mark.parametrize("backend", [Backend.LEAN, Backend.HF])
+def test_bare_model_matches_generate(tiny: BaseModel, backend: Backend) -> None:
     ids = tiny.tokenizer(PROMPT)["input_ids"]
     ref = tiny.model.generate(
         input_ids=torch.tensor([ids]),
@@ -99,7 +140,8 @@ def test_bare_model_matches_generate(tiny: BaseModel) -> None:
     request = GenerationRequest(
         "r", tuple(ids), SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
     )
-    assert tokens_of(run_to_completion(Engine(tiny), request)["r"]) == ref
+    engine = Engine(tiny, EngineConfig(backend=backend))
+    assert tokens_of(run_to_completion(engine, request)["r"]) == ref
 
 
 def test_adapters_differ_from_bare_model(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from app.api.metrics import Metrics
 from app.api.tracking import Gate
-from app.engine import Engine, EngineConfig
+from app.engine import Backend, Engine, EngineConfig
 from app.model import BaseModel
 from app.registry import Limits, Registry, RegistryWatcher
 from app.scheduler import Scheduler, SchedulerConfig
@@ -56,6 +56,10 @@ def build_services(settings: Settings, base: BaseModel, metrics: Metrics) -> Ser
             max_waiting=settings.max_in_flight,
             kv_prefix_cache_mib=settings.kv_cache_mib,
             max_context=settings.max_context,
+            backend=Backend(settings.backend),
+            quantize=settings.quantize,
+            int8_max_tokens=settings.int8_max_tokens,
+            prefill_chunk=settings.prefill_chunk,
         ),
     )
     scheduler = Scheduler(

@@ -25,6 +25,9 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--device", help="cpu or cuda[:N]")
     p.add_argument("--dtype", help="float32, bfloat16 or float16")
+    p.add_argument("--quantize", help="none or int8 (weight-only; needs --dtype bfloat16)")
+    p.add_argument("--backend", help="auto (default), lean or hf")
+    p.add_argument("--prefill-chunk", type=int, dest="prefill_chunk")
     p.add_argument("--max-batch-size", type=int, dest="max_batch_size")
     p.add_argument("--log-level", dest="log_level")
 
@@ -43,7 +46,20 @@ def _serve(args: argparse.Namespace) -> int:
     from app.cli.serve import serve
 
     settings = build_settings(
-        args, ["model", "prompts", "host", "port", "device", "dtype", "max_batch_size", "log_level"]
+        args,
+        [
+            "model",
+            "prompts",
+            "host",
+            "port",
+            "device",
+            "dtype",
+            "quantize",
+            "backend",
+            "prefill_chunk",
+            "max_batch_size",
+            "log_level",
+        ],
     )
     return serve(settings)
 

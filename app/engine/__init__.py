@@ -1,6 +1,6 @@
 """The engine: pure torch. Soft prompts become per-task KV prefixes; mixed-task rows share steps."""
 
-from app.engine.engine import Engine, EngineConfig, SchedulerOutput
+from app.engine.engine import Backend, Engine, EngineConfig, SchedulerOutput
 from app.engine.kv import KVPrefix
 from app.engine.prefix import PrefixCache, PrefixCacheStats, compute_kv_prefix
 from app.engine.types import (
@@ -16,6 +16,7 @@ from app.engine.types import (
 )
 
 __all__ = [
+    "Backend",
     "Engine",
     "EngineConfig",
     "EngineFull",

@@ -1,21 +1,25 @@
 """The engine: continuous batching of mixed-task rows. Each `step` reads
-schedule -> execute (decode running rows, prefill admitted ones) -> update (sample, finish, merge).
+schedule (every decoding row one token; prompt chunks within a token budget) -> execute (one
+forward over all of them, by the runner) -> update (sample, finish, free slots).
 
 Single-threaded by design: one caller (the scheduler's engine thread) owns it.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
-from app.engine import kv as kvops
-from app.engine.forward import ForwardResult, decode_step, prefill
+from app.engine import lean
+from app.engine.lean import LeanUnsupported, Segment
 from app.engine.prefix import PrefixCache
+from app.engine.runner import HFRunner, LeanRunner, Runner
 from app.engine.sampling import sample, token_logprob
 from app.engine.text import TextStream
 from app.engine.types import (
@@ -27,21 +31,37 @@ from app.engine.types import (
     StepRecord,
     TokenLogprob,
 )
-from app.model import BaseModel
+from app.model import BaseModel, Quantize
+
+log = logging.getLogger("softserve.engine")
+
+
+class Backend(StrEnum):
+    AUTO = "auto"  # the lean forward where the architecture allows, else HF's
+    LEAN = "lean"
+    HF = "hf"
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_batch_size: int = 32
+    max_batch_size: int = 32  # KV slots: rows running at once
     max_waiting: int = 1024
     kv_prefix_cache_mib: float = 256.0
     max_context: int | None = None  # default and upper bound: the model's own
     history_steps: int = 4096
+    backend: Backend = Backend.AUTO
+    quantize: Quantize = Quantize.NONE
+    int8_max_tokens: int = 1 << 30  # with int8: steps of more tokens use the bf16 weights
+    prefill_chunk: int = (
+        256  # prompt tokens per step (lean forward): long prompts never stall decode
+    )
 
 
 @dataclass(frozen=True)
 class SchedulerOutput:
+    segments: tuple[Segment, ...]
     admitted: tuple[GenerationRequest, ...]
+    prefilled: tuple[str, ...]  # rows with a prompt chunk in this step
     decoding: tuple[str, ...]
 
 
@@ -50,11 +70,40 @@ class _Row:
     """A running request's mutable state; never leaves the engine."""
 
     request: GenerationRequest
+    slot: int
     generator: torch.Generator
     text: TextStream
-    next_position: int  # position of `last_token` when it is fed back in
+    virtual: int  # soft-prompt columns at the start of its slot
+    prefilled: int = 0  # prompt tokens already in the cache
     last_token: int = -1
     generated: int = 0
+
+    @property
+    def decoding(self) -> bool:
+        return self.prefilled == len(self.request.prompt_ids)
+
+    @property
+    def next_position(self) -> int:
+        """Position of the next token fed in (the last sampled one, once decoding)."""
+        return self.virtual + self.prefilled + max(self.generated - 1, 0)
+
+
+def make_runner(base: BaseModel, config: EngineConfig, max_context: int) -> Runner:
+    if config.backend is not Backend.HF:
+        try:
+            model = lean.build(
+                base.model,
+                dtype=base.dtype,
+                quantize=config.quantize,
+                int8_max_tokens=config.int8_max_tokens,
+                max_positions=max_context,
+            )
+            return LeanRunner(model, base, config.max_batch_size, max_context)
+        except LeanUnsupported as exc:
+            if config.backend is Backend.LEAN or config.quantize is not Quantize.NONE:
+                raise
+            log.info("lean forward unavailable (%s): using the model's own forward", exc)
+    return HFRunner(base, config.max_batch_size)
 
 
 class Engine:
@@ -64,10 +113,10 @@ class Engine:
         limit = self.config.max_context or base.spec.max_context
         self.max_context = min(limit, base.spec.max_context)
         self.prefixes = PrefixCache(base, int(self.config.kv_prefix_cache_mib * 2**20))
+        self.runner = make_runner(base, self.config, self.max_context)
         self.history: deque[StepRecord] = deque(maxlen=self.config.history_steps)
         self._waiting: deque[GenerationRequest] = deque()
-        self._rows: list[_Row] = []  # same order as the KV batch's rows
-        self._kv: kvops.KVBatch | None = None
+        self._rows: list[_Row] = []  # in admission order
         self._aborted: set[str] = set()
         self._steps = 0
         self._seeds = random.SystemRandom()
@@ -122,8 +171,9 @@ class Engine:
     def reset(self) -> None:
         """Drop every waiting and running request (after a failed step)."""
         self._waiting.clear()
-        self._rows, self._kv = [], None
+        self._rows = []
         self._aborted.clear()
+        self.runner.reset()
 
     def abort(self, request_id: str) -> None:
         """Takes effect at the start of the next step: the row leaves before any compute."""
@@ -133,19 +183,20 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         outputs = self._drop_aborted(self._expired())
         plan = self._schedule()
-        if not plan.admitted and not plan.decoding:
+        if not plan.segments:
             return outputs
-        decoded = self._execute_decode() if plan.decoding else None
-        prefilled = self._execute_prefill(plan.admitted) if plan.admitted else None
-        in_step = [row.request for row in self._rows] + list(plan.admitted)
-        outputs.extend(self._update(plan, decoded, prefilled))
+        slots, logits = self.runner.forward(list(plan.segments))  # execute
+        outputs.extend(self._update(plan, slots, logits))
         self._steps += 1
         self.history.append(
             StepRecord(
                 step=self._steps,
-                prefilled=tuple(r.request_id for r in plan.admitted),
+                prefilled=plan.prefilled,
                 decoded=plan.decoding,
-                tasks=tuple(r.soft_prompt.key if r.soft_prompt else None for r in in_step),
+                tasks=tuple(
+                    r.request.soft_prompt.key if r.request.soft_prompt else None
+                    for r in self._rows_in(plan)
+                ),
             )
         )
         return outputs
@@ -153,12 +204,41 @@ class Engine:
     # -- schedule ---------------------------------------------------------------------------
 
     def _schedule(self) -> SchedulerOutput:
-        free = self.config.max_batch_size - len(self._rows)
-        admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
-        return SchedulerOutput(
-            admitted=tuple(admitted),
-            decoding=tuple(r.request.request_id for r in self._rows),
-        )
+        """Every decoding row takes one token; prompts fill the prefill budget, rows already
+        part-way first, then new rows while slots are free (a row's first chunk is its admission)."""
+        segments = [
+            Segment(r.slot, (r.last_token,), r.next_position, emit=True)
+            for r in self._rows
+            if r.decoding
+        ]
+        decoding = tuple(r.request.request_id for r in self._rows if r.decoding)
+        budget = self.config.prefill_chunk if self.runner.chunked_prefill else 1 << 62
+        prefilled: list[str] = []
+        for row in [r for r in self._rows if not r.decoding]:
+            if budget <= 0:
+                break
+            segments.append(self._chunk(row, budget))
+            budget -= len(segments[-1].tokens)
+            prefilled.append(row.request.request_id)
+        admitted: list[GenerationRequest] = []
+        while self._waiting and self.runner.free_slots and budget > 0:
+            row = self._new_row(self._waiting.popleft())
+            self._rows.append(row)
+            admitted.append(row.request)
+            segments.append(self._chunk(row, budget))
+            budget -= len(segments[-1].tokens)
+            prefilled.append(row.request.request_id)
+        return SchedulerOutput(tuple(segments), tuple(admitted), tuple(prefilled), decoding)
+
+    def _chunk(self, row: _Row, budget: int) -> Segment:
+        prompt = row.request.prompt_ids
+        tokens = prompt[row.prefilled : row.prefilled + budget]
+        done = row.prefilled + len(tokens) == len(prompt)
+        return Segment(row.slot, tokens, row.virtual + row.prefilled, emit=done)
+
+    def _rows_in(self, plan: SchedulerOutput) -> list[_Row]:
+        ids = set(plan.decoding) | set(plan.prefilled)
+        return [r for r in self._rows if r.request.request_id in ids]
 
     def _expired(self) -> set[str]:
         """Requests past their deadline: they leave like aborted ones, with reason `timeout`."""
@@ -173,10 +253,9 @@ class Engine:
         self._aborted = set()
         dropped = [r for r in self._waiting if r.request_id in gone]
         self._waiting = deque(r for r in self._waiting if r.request_id not in gone)
-        keep = [i for i, row in enumerate(self._rows) if row.request.request_id not in gone]
-        if len(keep) < len(self._rows):
-            dropped += [row.request for row in self._rows if row.request.request_id in gone]
-            self._keep_rows(keep)
+        leaving = [row for row in self._rows if row.request.request_id in gone]
+        dropped += [row.request for row in leaving]
+        self._remove(leaving)
         return [
             RequestOutput(
                 r.request_id,
@@ -190,64 +269,36 @@ class Engine:
             for r in dropped
         ]
 
-    # -- execute ----------------------------------------------------------------------------
-
-    def _execute_decode(self) -> ForwardResult:
-        assert self._kv is not None
-        return decode_step(
-            self.base,
-            self._kv,
-            [row.last_token for row in self._rows],
-            [row.next_position for row in self._rows],
-        )
-
-    def _execute_prefill(self, admitted: tuple[GenerationRequest, ...]) -> ForwardResult:
-        prefixes = [self.prefixes.get(r.soft_prompt) if r.soft_prompt else None for r in admitted]
-        spec = self.base.spec
-        stacked = kvops.from_prefixes(
-            prefixes,
-            num_layers=spec.num_layers,
-            kv_shape=(spec.num_kv_heads, spec.head_dim),
-            device=self.base.device,
-            dtype=self.base.dtype,
-        )
-        return prefill(self.base, stacked, [r.prompt_ids for r in admitted])
-
     # -- update -----------------------------------------------------------------------------
 
     def _new_row(self, request: GenerationRequest) -> _Row:
         seed = request.sampling.seed
         generator = torch.Generator(device=self.base.device)
         generator.manual_seed(seed if seed is not None else self._seeds.getrandbits(63))
-        virtual = request.soft_prompt.num_virtual_tokens if request.soft_prompt else 0
+        prefix = self.prefixes.get(request.soft_prompt) if request.soft_prompt else None
         return _Row(
             request=request,
+            slot=self.runner.admit(prefix),
             generator=generator,
             text=TextStream(self.base.tokenizer, request.sampling.stop),
-            next_position=virtual + len(request.prompt_ids),
+            virtual=request.soft_prompt.num_virtual_tokens if request.soft_prompt else 0,
         )
 
     def _update(
-        self,
-        plan: SchedulerOutput,
-        decoded: ForwardResult | None,
-        prefilled: ForwardResult | None,
+        self, plan: SchedulerOutput, slots: list[int], logits: torch.Tensor
     ) -> list[RequestOutput]:
-        for row in self._rows:
-            row.next_position += 1  # its last token is now in the cache
-        rows = self._rows + [self._new_row(r) for r in plan.admitted]
-        results = [r for r in (decoded, prefilled) if r is not None]
-        logits = torch.cat([r.logits for r in results])  # [B_decode + B_prefill, V]
+        by_slot = {row.slot: row for row in self._rows}
+        for seg in plan.segments:
+            row = by_slot[seg.slot]
+            if not row.decoding:
+                row.prefilled += len(seg.tokens)
+        rows = [by_slot[slot] for slot in slots]  # the rows that sample, in logits order
         tokens = sample(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
-        outputs: list[RequestOutput] = []
-        keep: list[int] = []
-        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
-            outputs.append(self._advance(row, token, logits[i]))
-            if outputs[-1].finish_reason is None:
-                keep.append(i)
-        merged = results[0].kv if len(results) == 1 else kvops.concat(results[0].kv, results[1].kv)
-        self._rows, self._kv = rows, merged
-        self._keep_rows(keep)
+        outputs = [
+            self._advance(row, token, logits[i])
+            for i, (row, token) in enumerate(zip(rows, tokens, strict=True))
+        ]
+        self._remove([row for row, out in zip(rows, outputs, strict=True) if out.finish_reason])
         return outputs
 
     def _advance(self, row: _Row, token: int, logits: torch.Tensor) -> RequestOutput:
@@ -276,8 +327,9 @@ class Engine:
             completion_tokens=row.generated,
         )
 
-    def _keep_rows(self, keep: list[int]) -> None:
-        if len(keep) == len(self._rows):
+    def _remove(self, leaving: list[_Row]) -> None:
+        if not leaving:
             return
-        self._rows = [self._rows[i] for i in keep]
-        self._kv = kvops.select(self._kv, keep) if keep and self._kv is not None else None
+        gone = {id(row) for row in leaving}
+        self._rows = [row for row in self._rows if id(row) not in gone]
+        self.runner.release([row.slot for row in leaving])

@@ -1,6 +1,13 @@
 """The frozen base model: loading (HF folder, GGUF, embedded default) and its shape facts."""
 
-from app.model.loader import BaseModel, DType, ModelLoadError, load_base_model, load_model_spec
+from app.model.loader import (
+    BaseModel,
+    DType,
+    ModelLoadError,
+    Quantize,
+    load_base_model,
+    load_model_spec,
+)
 from app.model.soft_prompt import SoftPrompt, SoftPromptKind
 from app.model.spec import ModelSpec
 
@@ -9,6 +16,7 @@ __all__ = [
     "DType",
     "ModelLoadError",
     "ModelSpec",
+    "Quantize",
     "SoftPrompt",
     "SoftPromptKind",
     "load_base_model",

@@ -37,6 +37,11 @@ class DType(StrEnum):
         ]
 
 
+class Quantize(StrEnum):
+    NONE = "none"
+    INT8 = "int8"  # weight-only, per output channel, bfloat16 activations (lean forward only)
+
+
 class ModelLoadError(RuntimeError):
     """The base model could not be found or loaded; the message says what to do."""
 
