@@ -322,17 +322,17 @@ def test_a_failing_step_fails_its_requests_but_not_the_server(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = server.services.engine
-    real_prefill = engine._execute_prefill
+    real_forward = engine.runner.forward
     calls = {"n": 0}
 
-    def flaky_prefill(admitted: object) -> object:
-        # Fails mid-step, after the request left the waiting queue and before it became a row.
+    def flaky_forward(segments: object) -> object:
+        # Fails mid-step, after the request left the waiting queue and took a KV slot.
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("injected failure")
-        return real_prefill(admitted)  # type: ignore[arg-type]
+        return real_forward(segments)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine, "_execute_prefill", flaky_prefill)
+    monkeypatch.setattr(engine.runner, "forward", flaky_forward)
     r = httpx.post(f"{server.url}/v1/completions", json=BODY)
     assert r.status_code == 503 and "injected failure" in r.json()["error"]["message"]
     assert httpx.get(f"{server.url}/health").status_code == 200  # the loop lives on
