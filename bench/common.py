@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from app.model import BaseModel, DType, SoftPrompt, SoftPromptKind, load_base_model
+from app.engine import Backend, EngineConfig
+from app.model import BaseModel, DType, Quantize, SoftPrompt, SoftPromptKind, load_base_model
 from app.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -28,7 +29,13 @@ def base_args(description: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="default")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=[d.value for d in DType])
+    # Defaults: what `softserve serve` runs, so the figures are what users get.
+    defaults = Settings()
+    parser.add_argument("--dtype", default=defaults.dtype.value, choices=[d.value for d in DType])
+    parser.add_argument(
+        "--quantize", default=defaults.quantize.value, choices=[q.value for q in Quantize]
+    )
+    parser.add_argument("--backend", default=defaults.backend, choices=[b.value for b in Backend])
     parser.add_argument("--quick", action="store_true", help="smaller workload (smoke run)")
     return parser
 
@@ -36,6 +43,18 @@ def base_args(description: str | None) -> argparse.ArgumentParser:
 def load(args: argparse.Namespace) -> BaseModel:
     return load_base_model(
         args.model, device=args.device, dtype=DType(args.dtype), cache_dir=Settings().cache_dir
+    )
+
+
+def engine_config(args: argparse.Namespace, **overrides: Any) -> EngineConfig:
+    """The engine as `softserve serve` builds it from the same settings."""
+    defaults = Settings()
+    return EngineConfig(
+        backend=Backend(args.backend),
+        quantize=Quantize(args.quantize),
+        int8_max_tokens=defaults.int8_max_tokens,
+        prefill_chunk=defaults.prefill_chunk,
+        **overrides,
     )
 
 
@@ -49,6 +68,8 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "dtype": args.dtype,
+        "quantize": args.quantize,
+        "backend": args.backend,
         "model": args.model,
     }
 

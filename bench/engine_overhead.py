@@ -6,12 +6,24 @@ model's forward with its own DynamicCache and no Softserve code, at batch 1, 8 a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from transformers import DynamicCache
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from app.model import BaseModel
-from bench.common import base_args, interleaved, load, machine, median, plot_bars, timed, write
+from bench.common import (
+    base_args,
+    engine_config,
+    interleaved,
+    load,
+    machine,
+    median,
+    plot_bars,
+    timed,
+    write,
+)
 
 PROMPT_LEN = 32
 
@@ -33,8 +45,9 @@ def bare_loop(base: BaseModel, batch: int, new_tokens: int) -> float:
         return timed(decode, str(base.device))
 
 
-def engine_loop(base: BaseModel, batch: int, new_tokens: int) -> float:
-    engine = Engine(base, EngineConfig(max_batch_size=batch))
+def engine_loop(base: BaseModel, config: EngineConfig, batch: int, new_tokens: int) -> float:
+    # One prefill step for the whole batch, then decode steps only (what this measures).
+    engine = Engine(base, replace(config, max_batch_size=batch, prefill_chunk=batch * PROMPT_LEN))
     params = SamplingParams(max_tokens=new_tokens + 1, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         ids = tuple(torch.randint(100, 1000, (PROMPT_LEN,)).tolist())
@@ -56,16 +69,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     base = load(args)
+    config = engine_config(args)
     new_tokens = 16 if args.quick else args.tokens
     repeats = 1 if args.quick else args.repeats
     rows = []
     for batch in (1, 8, 32):
         bare_loop(base, batch, 4)  # warm-up
-        engine_loop(base, batch, 4)
+        engine_loop(base, config, batch, 4)
         times = interleaved(
             {
                 "bare": lambda: bare_loop(base, batch, new_tokens),  # noqa: B023 (used at once)
-                "engine": lambda: engine_loop(base, batch, new_tokens),  # noqa: B023
+                "engine": lambda: engine_loop(base, config, batch, new_tokens),  # noqa: B023
             },
             repeats,
         )

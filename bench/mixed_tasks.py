@@ -7,11 +7,13 @@ requests all on one soft prompt; same prompt and output lengths, EOS ignored, KV
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from app.model import BaseModel, SoftPrompt
 from bench.common import (
     base_args,
+    engine_config,
     interleaved,
     load,
     machine,
@@ -25,12 +27,18 @@ from bench.common import (
 
 
 def workload(
-    base: BaseModel, prompts: list[SoftPrompt], tasks: int, n: int, prompt_len: int, out: int
+    base: BaseModel,
+    config: EngineConfig,
+    prompts: list[SoftPrompt],
+    tasks: int,
+    n: int,
+    prompt_len: int,
+    out: int,
 ) -> Callable[[], float]:
     """A run of `n` requests, request i on soft prompt i % tasks; returns seconds to finish all."""
     ids = random_ids(n, prompt_len, seed=1)
     params = SamplingParams(max_tokens=out, temperature=0.0, ignore_eos=True)
-    engine = Engine(base, EngineConfig(max_batch_size=32))
+    engine = Engine(base, replace(config, max_batch_size=32))
 
     def run() -> float:
         for i in range(n):
@@ -59,11 +67,12 @@ def main() -> None:
         args.requests, args.output_len, args.repeats = 16, 8, 1
     base = load(args)
     prompts = soft_prompts(base, args.tasks, args.virtual_tokens)
+    config = engine_config(args)
     shape = (args.requests, args.prompt_len, args.output_len)
     times = interleaved(
         {
-            "single": workload(base, prompts, 1, *shape),
-            "mixed": workload(base, prompts, args.tasks, *shape),
+            "single": workload(base, config, prompts, 1, *shape),
+            "mixed": workload(base, config, prompts, args.tasks, *shape),
         },
         args.repeats,
     )

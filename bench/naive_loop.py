@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,7 +18,17 @@ from peft import PeftModel, PromptTuningConfig, get_peft_model
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from app.model import BaseModel, SoftPrompt
 from app.registry.store import Registry
-from bench.common import base_args, load, machine, plot_bars, random_ids, soft_prompts, sync, write
+from bench.common import (
+    base_args,
+    engine_config,
+    load,
+    machine,
+    plot_bars,
+    random_ids,
+    soft_prompts,
+    sync,
+    write,
+)
 
 
 def save_adapters(base: BaseModel, tables: list[SoftPrompt], root: Path) -> list[str]:
@@ -57,12 +68,17 @@ def naive(
 
 
 def softserve(
-    base: BaseModel, root: Path, ids: list[tuple[int, ...]], out: int, tasks: int
+    base: BaseModel,
+    config: EngineConfig,
+    root: Path,
+    ids: list[tuple[int, ...]],
+    out: int,
+    tasks: int,
 ) -> float:
     registry = Registry(root, base.spec)
     registry.load_all()
     prompts = [registry.get(f"task-{i}").soft_prompt for i in range(tasks)]
-    engine = Engine(base, EngineConfig(max_batch_size=len(ids)))
+    engine = Engine(base, replace(config, max_batch_size=len(ids)))
     params = SamplingParams(max_tokens=out, temperature=0.0, ignore_eos=True)
     sync(str(base.device))
     start = time.perf_counter()  # cold KV prefixes: computing them is part of serving
@@ -86,14 +102,15 @@ def main() -> None:
         args.requests, args.output_len = 8, 4
     base = load(args)
     tables = soft_prompts(base, args.tasks, args.virtual_tokens)
+    config = engine_config(args)
     ids = random_ids(args.requests, args.prompt_len, seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         names = save_adapters(base, tables, root)
-        softserve(base, root, ids[:2], 2, args.tasks)  # warm-up of both paths
+        softserve(base, config, root, ids[:2], 2, args.tasks)  # warm-up of both paths
         naive(base, root, names, ids[:2], 2)
         t_naive = naive(base, root, names, ids, args.output_len)
-        t_ours = softserve(base, root, ids, args.output_len, args.tasks)
+        t_ours = softserve(base, config, root, ids, args.output_len, args.tasks)
     tokens = args.requests * args.output_len
     rows = {"naive PEFT loop": tokens / t_naive, "Softserve engine": tokens / t_ours}
     ratio = t_naive / t_ours

@@ -8,11 +8,13 @@ request's prefix recomputed).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from app.model import BaseModel, SoftPrompt
 from bench.common import (
     base_args,
+    engine_config,
     interleaved,
     load,
     machine,
@@ -28,12 +30,23 @@ NO_CACHE_MIB = 1e-9  # below one prefix: every prefix is computed and dropped
 
 
 def prefill(
-    base: BaseModel, prompts: list[SoftPrompt | None], prompt_len: int, cache_mib: float
+    base: BaseModel,
+    config: EngineConfig,
+    prompts: list[SoftPrompt | None],
+    prompt_len: int,
+    cache_mib: float,
 ) -> Callable[[], float]:
     """One engine step that admits and prefills the whole batch (max_tokens=1 ends it there)."""
     ids = random_ids(len(prompts), prompt_len, seed=2)
     params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
-    engine = Engine(base, EngineConfig(max_batch_size=len(prompts), kv_prefix_cache_mib=cache_mib))
+    # The whole batch in one step: the prefill budget is lifted to all of its tokens.
+    whole = replace(
+        config,
+        max_batch_size=len(prompts),
+        kv_prefix_cache_mib=cache_mib,
+        prefill_chunk=len(prompts) * prompt_len,
+    )
+    engine = Engine(base, whole)
 
     def run() -> float:
         for i, prompt in enumerate(prompts):
@@ -58,13 +71,14 @@ def main() -> None:
         args.repeats = 2
     base = load(args)
     tables = soft_prompts(base, args.tasks, args.virtual_tokens)
+    config = engine_config(args)
     with_prompts: list[SoftPrompt | None] = [tables[i % args.tasks] for i in range(args.batch)]
     none: list[SoftPrompt | None] = [None] * args.batch
     times = interleaved(
         {
-            "none": prefill(base, none, args.prompt_len, 256.0),
-            "cached": prefill(base, with_prompts, args.prompt_len, 256.0),
-            "uncached": prefill(base, with_prompts, args.prompt_len, NO_CACHE_MIB),
+            "none": prefill(base, config, none, args.prompt_len, 256.0),
+            "cached": prefill(base, config, with_prompts, args.prompt_len, 256.0),
+            "uncached": prefill(base, config, with_prompts, args.prompt_len, NO_CACHE_MIB),
         },
         args.repeats,
     )

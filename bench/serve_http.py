@@ -184,6 +184,8 @@ def start_server(args: Any, root: Path) -> tuple[subprocess.Popen[bytes], str]:
         "SOFTSERVE_PORT": str(port),
         "SOFTSERVE_DEVICE": args.device,
         "SOFTSERVE_DTYPE": args.dtype,
+        "SOFTSERVE_QUANTIZE": args.quantize,
+        "SOFTSERVE_BACKEND": args.backend,
         "SOFTSERVE_LOG_LEVEL": "warning",
         "SOFTSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
         "SOFTSERVE_REQUEST_TIMEOUT_S": "600",
