@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.model import DType
+from app.dtype import DType
 
 
 def _default_cache_dir() -> Path:

@@ -10,13 +10,13 @@ import torch
 from transformers import DynamicCache
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from app.model import BaseModel
+from app.model import FrozenModel
 from bench.common import base_args, interleaved, load, machine, median, plot_bars, timed, write
 
 PROMPT_LEN = 32
 
 
-def bare_loop(base: BaseModel, batch: int, new_tokens: int) -> float:
+def bare_loop(base: FrozenModel, batch: int, new_tokens: int) -> float:
     """Prefill then `new_tokens` greedy steps with HF's own cache; returns decode seconds."""
     ids = torch.randint(100, 1000, (batch, PROMPT_LEN), device=base.device)
     with torch.inference_mode():
@@ -33,7 +33,7 @@ def bare_loop(base: BaseModel, batch: int, new_tokens: int) -> float:
         return timed(decode, str(base.device))
 
 
-def engine_loop(base: BaseModel, batch: int, new_tokens: int) -> float:
+def engine_loop(base: FrozenModel, batch: int, new_tokens: int) -> float:
     engine = Engine(base, EngineConfig(max_batch_size=batch))
     params = SamplingParams(max_tokens=new_tokens + 1, temperature=0.0, ignore_eos=True)
     for i in range(batch):

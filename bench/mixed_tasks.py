@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from app.model import BaseModel, SoftPrompt
+from app.model import FrozenModel, SoftPrompt
 from bench.common import (
     base_args,
     interleaved,
@@ -25,7 +25,7 @@ from bench.common import (
 
 
 def workload(
-    base: BaseModel, prompts: list[SoftPrompt], tasks: int, n: int, prompt_len: int, out: int
+    base: FrozenModel, prompts: list[SoftPrompt], tasks: int, n: int, prompt_len: int, out: int
 ) -> Callable[[], float]:
     """A run of `n` requests, request i on soft prompt i % tasks; returns seconds to finish all."""
     ids = random_ids(n, prompt_len, seed=1)

@@ -15,12 +15,12 @@ import torch
 from peft import PeftModel, PromptTuningConfig, get_peft_model
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from app.model import BaseModel, SoftPrompt
+from app.model import FrozenModel, SoftPrompt
 from app.registry.store import Registry
 from bench.common import base_args, load, machine, plot_bars, random_ids, soft_prompts, sync, write
 
 
-def save_adapters(base: BaseModel, tables: list[SoftPrompt], root: Path) -> list[str]:
+def save_adapters(base: FrozenModel, tables: list[SoftPrompt], root: Path) -> list[str]:
     """Write each table as a PEFT folder (what a PEFT server would load from disk)."""
     names = []
     for i, table in enumerate(tables):
@@ -34,7 +34,7 @@ def save_adapters(base: BaseModel, tables: list[SoftPrompt], root: Path) -> list
 
 
 def naive(
-    base: BaseModel, root: Path, names: list[str], ids: list[tuple[int, ...]], out: int
+    base: FrozenModel, root: Path, names: list[str], ids: list[tuple[int, ...]], out: int
 ) -> float:
     model = PeftModel.from_pretrained(base.model, str(root / names[0]), adapter_name=names[0])
     for name in names[1:]:
@@ -57,7 +57,7 @@ def naive(
 
 
 def softserve(
-    base: BaseModel, root: Path, ids: list[tuple[int, ...]], out: int, tasks: int
+    base: FrozenModel, root: Path, ids: list[tuple[int, ...]], out: int, tasks: int
 ) -> float:
     registry = Registry(root, base.spec)
     registry.load_all()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from app.model import BaseModel, SoftPrompt
+from app.model import FrozenModel, SoftPrompt
 from bench.common import (
     base_args,
     interleaved,
@@ -28,7 +28,7 @@ NO_CACHE_MIB = 1e-9  # below one prefix: every prefix is computed and dropped
 
 
 def prefill(
-    base: BaseModel, prompts: list[SoftPrompt | None], prompt_len: int, cache_mib: float
+    base: FrozenModel, prompts: list[SoftPrompt | None], prompt_len: int, cache_mib: float
 ) -> Callable[[], float]:
     """One engine step that admits and prefills the whole batch (max_tokens=1 ends it there)."""
     ids = random_ids(len(prompts), prompt_len, seed=2)

@@ -13,7 +13,7 @@ import pytest
 
 from app.api.app import create_app
 from app.engine import Engine, GenerationRequest, SamplingParams
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.settings import Settings
 from tests.conftest import run_to_completion, text_of, write_adapter
 from tests.live import LiveServer, live, wait_until
@@ -23,7 +23,7 @@ TASKS = {"pt": "prompt", "ptune": "p-tuning", "px": "prefix"}
 
 
 @pytest.fixture(scope="module")
-def prompts_dir(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def prompts_dir(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prompts")
     for seed, (name, kind) in enumerate(TASKS.items()):
         write_adapter(tiny, root, name, kind, num_virtual_tokens=4 + 3 * seed, seed=seed + 20)
@@ -41,7 +41,7 @@ def prompts_dir(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="module")
-def server(tiny: BaseModel, prompts_dir: Path) -> Iterator[LiveServer]:
+def server(tiny: FrozenModel, prompts_dir: Path) -> Iterator[LiveServer]:
     settings = Settings(prompts=prompts_dir, max_body_bytes=64 * 1024, max_n=4)
     with live(create_app(settings, base=tiny)) as srv:
         yield srv
@@ -70,7 +70,7 @@ def test_models_lists_base_and_tasks(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("model", [TINY_MODEL_ID, *TASKS])
 def test_completion_equals_engine_alone(
-    client: openai.OpenAI, server: LiveServer, tiny: BaseModel, model: str
+    client: openai.OpenAI, server: LiveServer, tiny: FrozenModel, model: str
 ) -> None:
     out = client.completions.create(
         model=model, prompt="The quick brown fox", max_tokens=8, temperature=0
@@ -82,7 +82,7 @@ def test_completion_equals_engine_alone(
     assert out.choices[0].finish_reason in ("stop", "length")
 
 
-def test_completion_prompt_list_and_n(client: openai.OpenAI, tiny: BaseModel) -> None:
+def test_completion_prompt_list_and_n(client: openai.OpenAI, tiny: FrozenModel) -> None:
     kw = dict(
         model="pt",
         prompt=["Hello", "What is"],
@@ -107,7 +107,7 @@ def test_completion_prompt_list_and_n(client: openai.OpenAI, tiny: BaseModel) ->
 
 
 def test_template_from_task_json(
-    client: openai.OpenAI, server: LiveServer, tiny: BaseModel
+    client: openai.OpenAI, server: LiveServer, tiny: FrozenModel
 ) -> None:
     out = client.completions.create(
         model="review", prompt="a moving film", max_tokens=5, temperature=0
@@ -117,7 +117,7 @@ def test_template_from_task_json(
     assert out.usage is not None and out.usage.prompt_tokens == len(ids)
 
 
-def test_chat_and_persona(client: openai.OpenAI, tiny: BaseModel) -> None:
+def test_chat_and_persona(client: openai.OpenAI, tiny: FrozenModel) -> None:
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     plain = client.chat.completions.create(
         model="pt", messages=messages, max_tokens=5, temperature=0
@@ -297,9 +297,11 @@ def test_malformed_json_and_size_limit(server: LiveServer) -> None:
     assert r.status_code == 404 and "error" in r.json()
 
 
-def test_concurrent_tasks_share_steps_and_match_alone(server: LiveServer, tiny: BaseModel) -> None:
+def test_concurrent_tasks_share_steps_and_match_alone(
+    server: LiveServer, tiny: FrozenModel
+) -> None:
     models = [*TASKS, TINY_MODEL_ID, "pt", "px"]
-    scheduler, engine = server.services.scheduler, server.services.engine
+    scheduler, engine = server.services.bridge, server.services.engine
     first_step = engine.steps
     scheduler.pause()  # hold the loop so every request is queued before the first step
 
@@ -330,7 +332,7 @@ def test_concurrent_tasks_share_steps_and_match_alone(server: LiveServer, tiny: 
 
 
 def test_disconnects_free_rows(server: LiveServer) -> None:
-    engine, scheduler = server.services.engine, server.services.scheduler
+    engine, scheduler = server.services.engine, server.services.bridge
     body = {"model": "px", "prompt": "Hello", "max_tokens": 400, "stream": True, "ignore_eos": True}
     first_step = engine.steps
     for _ in range(50):
@@ -350,7 +352,7 @@ def test_disconnects_free_rows(server: LiveServer) -> None:
 
 
 def test_non_streaming_disconnect_frees_row(server: LiveServer) -> None:
-    engine, scheduler = server.services.engine, server.services.scheduler
+    engine, scheduler = server.services.engine, server.services.bridge
     scheduler.pause()
     try:
         with pytest.raises(httpx.ReadTimeout):
@@ -364,7 +366,7 @@ def test_non_streaming_disconnect_frees_row(server: LiveServer) -> None:
     assert wait_until(lambda: engine.num_running == 0 and scheduler.in_flight == 0)
 
 
-def test_api_key(tiny: BaseModel, prompts_dir: Path) -> None:
+def test_api_key(tiny: FrozenModel, prompts_dir: Path) -> None:
     settings = Settings(prompts=prompts_dir, api_key="s3cret")
     with live(create_app(settings, base=tiny)) as srv:
         assert httpx.get(f"{srv.url}/health").status_code == 200  # stays open

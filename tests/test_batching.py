@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.engine import Engine, EngineConfig, FinishReason, GenerationRequest, SamplingParams
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.registry import Registry
 from tests.conftest import MakeAdapter, run_to_completion, tokens_of
 
@@ -22,7 +22,7 @@ PROMPTS = [
 
 
 @pytest.fixture
-def registry(tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path) -> Registry:
+def registry(tiny: FrozenModel, make_adapter: MakeAdapter, tmp_path: Path) -> Registry:
     # Two tasks of every kind, with different prefix lengths.
     specs = [
         ("pt-a", "prompt", 3),
@@ -40,7 +40,7 @@ def registry(tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path) -> Regi
     return reg
 
 
-def _requests(tiny: BaseModel, registry: Registry) -> list[GenerationRequest]:
+def _requests(tiny: FrozenModel, registry: Registry) -> list[GenerationRequest]:
     tasks: list[str | None] = [None, *(e.name for e in registry.entries()), None, "px-b", "pt-a"]
     requests = []
     for i, task in enumerate(tasks):
@@ -51,7 +51,7 @@ def _requests(tiny: BaseModel, registry: Registry) -> list[GenerationRequest]:
     return requests
 
 
-def test_mixed_batch_equals_alone(tiny: BaseModel, registry: Registry) -> None:
+def test_mixed_batch_equals_alone(tiny: FrozenModel, registry: Registry) -> None:
     requests = _requests(tiny, registry)
     assert len(requests) >= 8
     alone = {
@@ -77,7 +77,7 @@ def test_mixed_batch_equals_alone(tiny: BaseModel, registry: Registry) -> None:
     assert got == alone
 
 
-def test_small_batch_cap_queues_and_still_matches(tiny: BaseModel, registry: Registry) -> None:
+def test_small_batch_cap_queues_and_still_matches(tiny: FrozenModel, registry: Registry) -> None:
     requests = _requests(tiny, registry)
     alone = {
         r.request_id: tokens_of(run_to_completion(Engine(tiny), r)[r.request_id]) for r in requests
@@ -93,7 +93,7 @@ def test_small_batch_cap_queues_and_still_matches(tiny: BaseModel, registry: Reg
     assert got == alone
 
 
-def test_joining_request_does_not_wait(tiny: BaseModel) -> None:
+def test_joining_request_does_not_wait(tiny: FrozenModel) -> None:
     """Step counting: a request added while a long one decodes is prefilled at the very next step
     and finishes long before the long one."""
     engine = Engine(tiny)
@@ -122,7 +122,7 @@ def test_joining_request_does_not_wait(tiny: BaseModel) -> None:
     assert all("long" in r.decoded for r in engine.history if 1 < r.step <= 40)
 
 
-def test_finished_rows_leave_at_once(tiny: BaseModel) -> None:
+def test_finished_rows_leave_at_once(tiny: FrozenModel) -> None:
     engine = Engine(tiny)
     ids = tuple(tiny.tokenizer("Hello")["input_ids"])
     for n in (2, 5, 9):
@@ -138,7 +138,7 @@ def test_finished_rows_leave_at_once(tiny: BaseModel) -> None:
     assert running == [3, 2, 2, 2, 1, 1, 1, 1, 0]
 
 
-def test_abort_frees_row(tiny: BaseModel) -> None:
+def test_abort_frees_row(tiny: FrozenModel) -> None:
     engine = Engine(tiny)
     ids = tuple(tiny.tokenizer("Hello")["input_ids"])
     engine.add_request(

@@ -1,5 +1,5 @@
 """What completions and chat share: resolve the task, build engine requests, run them through the
-scheduler, and collect or stream the outputs (aborting rows whose client went away)."""
+engine bridge, and collect or stream the outputs (aborting rows whose client went away)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from app.api.errors import ApiError
 from app.api.schemas import FinishText, SamplingFields
 from app.api.state import Runtime, Services
 from app.api.tracking import Tracker
+from app.bridge import BridgeStopped, Overloaded, Submission
 from app.engine import (
     FinishReason,
     GenerationRequest,
@@ -24,7 +25,6 @@ from app.engine import (
 )
 from app.model import SoftPrompt
 from app.registry import TaskMeta, UnknownTask
-from app.scheduler import SchedulerFull, SchedulerStopped, Submission
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
@@ -175,15 +175,15 @@ def choice_index(request_id: str) -> int:
 
 def submit(services: Services, requests: list[GenerationRequest], runtime: Runtime) -> Submission:
     try:
-        return services.scheduler.submit(requests)
+        return services.bridge.submit(requests)
     except RequestError as exc:
         raise ApiError(400, str(exc), param=exc.param, code="invalid_request") from None
-    except SchedulerFull as exc:
+    except Overloaded as exc:
         runtime.metrics.rejections.labels(exc.reason).inc()
         raise ApiError(
             429, f"server overloaded: {exc}", code="overloaded", headers={"Retry-After": "1"}
         ) from None
-    except SchedulerStopped as exc:
+    except BridgeStopped as exc:
         raise ApiError(503, str(exc), code="unavailable", headers={"Retry-After": "5"}) from None
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
+from app.bridge import EngineBridge
 from app.engine import Engine, GenerationRequest
 from app.registry import Registry
-from app.scheduler import Scheduler
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -37,14 +37,14 @@ class TaskLabels:
 
 
 class _LiveState(Collector):
-    def __init__(self, state: Callable[[], tuple[Engine, Scheduler, Registry] | None]) -> None:
+    def __init__(self, state: Callable[[], tuple[Engine, EngineBridge, Registry] | None]) -> None:
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
         current = self._state()
         if current is None:
             return
-        engine, scheduler, registry = current
+        engine, bridge, registry = current
         cache = engine.prefixes.stats()
         yield GaugeMetricFamily(
             "softserve_requests_running", "rows in the running batch", value=engine.num_running
@@ -55,7 +55,7 @@ class _LiveState(Collector):
         yield GaugeMetricFamily(
             "softserve_queued_tokens",
             "prompt + max_tokens not yet running",
-            value=scheduler.queued_tokens,
+            value=bridge.queued_tokens,
         )
         yield CounterMetricFamily(
             "softserve_kv_prefix_cache_hits", "KV-prefix cache hits", value=cache.hits
@@ -87,7 +87,7 @@ class _LiveState(Collector):
 
 
 class Metrics:
-    """Implements the scheduler's observer protocol, plus per-request observations."""
+    """Implements the bridge's observer protocol, plus per-request observations."""
 
     def __init__(self, top_tasks: int = 20) -> None:
         self.registry = CollectorRegistry()
@@ -144,13 +144,13 @@ class Metrics:
         self.step = Histogram(
             "softserve_engine_step_seconds", "engine step duration", buckets=LATENCY, registry=r
         )
-        self._live: tuple[Engine, Scheduler, Registry] | None = None
+        self._live: tuple[Engine, EngineBridge, Registry] | None = None
         r.register(_LiveState(lambda: self._live))
 
-    def attach(self, engine: Engine, scheduler: Scheduler, registry: Registry) -> None:
-        self._live = (engine, scheduler, registry)
+    def attach(self, engine: Engine, bridge: EngineBridge, registry: Registry) -> None:
+        self._live = (engine, bridge, registry)
 
-    # SchedulerObserver
+    # BridgeObserver
     def on_step(self, batch_size: int, prefilled: int, seconds: float) -> None:
         self.batch.observe(batch_size)
         self.step.observe(seconds)

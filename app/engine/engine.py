@@ -1,7 +1,7 @@
 """The engine: continuous batching of mixed-task rows. Each `step` reads
 schedule -> execute (decode running rows, prefill admitted ones) -> update (sample, finish, merge).
 
-Single-threaded by design: one caller (the scheduler's engine thread) owns it.
+Single-threaded by design: one caller (the bridge's engine thread) owns it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from app.engine.types import (
     StepRecord,
     TokenLogprob,
 )
-from app.model import BaseModel
+from app.model import FrozenModel
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class _Row:
 
 
 class Engine:
-    def __init__(self, base: BaseModel, config: EngineConfig | None = None) -> None:
+    def __init__(self, base: FrozenModel, config: EngineConfig | None = None) -> None:
         self.base = base
         self.config = config or EngineConfig()
         limit = self.config.max_context or base.spec.max_context

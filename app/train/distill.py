@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from app.model.loader import BaseModel
+from app.model.loader import FrozenModel
 from app.train.data import ChatExample, ChatMessage
 from app.train.encode import chat_prompt_ids
 
@@ -34,7 +34,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def distill(
-    base: BaseModel,
+    base: FrozenModel,
     system_prompt: str,
     questions: Sequence[str],
     max_new_tokens: int = 96,

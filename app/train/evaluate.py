@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from app.model.loader import BaseModel
+from app.model.loader import FrozenModel
 from app.model.soft_prompt import SoftPrompt
 from app.train.adapters import inference_model, prepends_embeddings
 from app.train.data import ChatExample, ChatMessage, Example, TextExample
@@ -63,7 +63,11 @@ class Generation:
 
 
 def _sequence_scores(
-    base: BaseModel, model: Any, prompts: list[list[int]], labels: list[list[int]], batch_size: int
+    base: FrozenModel,
+    model: Any,
+    prompts: list[list[int]],
+    labels: list[list[int]],
+    batch_size: int,
 ) -> torch.Tensor:
     """[N, L] log-likelihood of each label's tokens after each prompt (one row per pair)."""
     offset = prepends_embeddings(model)
@@ -80,7 +84,7 @@ def _sequence_scores(
 
 
 def _last_token_scores(
-    base: BaseModel, model: Any, prompts: list[list[int]], labels: list[int], batch_size: int
+    base: FrozenModel, model: Any, prompts: list[list[int]], labels: list[int], batch_size: int
 ) -> torch.Tensor:
     """[N, L] the same figure when every label is one token: one forward per prompt, reading
     the next-token distribution at its last position (half the work for two labels)."""
@@ -111,7 +115,7 @@ def _label_of(output: str, labels: Sequence[str], index: int) -> int:
 
 @torch.no_grad()
 def classify(
-    base: BaseModel,
+    base: FrozenModel,
     subject: Subject,
     examples: Sequence[TextExample],
     labels: Sequence[str],
@@ -150,7 +154,7 @@ def _with_system(example: ChatExample, system_prompt: str | None) -> ChatExample
     return ChatExample((ChatMessage("system", system_prompt), *example.messages))
 
 
-def _reference(base: BaseModel, subject: Subject, example: Example) -> tuple[list[int], str]:
+def _reference(base: FrozenModel, subject: Subject, example: Example) -> tuple[list[int], str]:
     """The prompt ids the server would build, and the expected (last) answer."""
     if isinstance(example, TextExample):
         return prompt_ids(base.tokenizer, subject.template, example.input), example.output
@@ -160,7 +164,7 @@ def _reference(base: BaseModel, subject: Subject, example: Example) -> tuple[lis
 
 
 @torch.no_grad()
-def _greedy(base: BaseModel, model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
+def _greedy(base: FrozenModel, model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
     # One request at a time: no padding, so the answer is exactly what a lone request gets.
     ids = torch.tensor([prompt], device=base.device)
     out = model.generate(
@@ -181,7 +185,7 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
-def _encode_reference(base: BaseModel, subject: Subject, example: Example) -> Encoded:
+def _encode_reference(base: FrozenModel, subject: Subject, example: Example) -> Encoded:
     if isinstance(example, ChatExample):
         example = _with_system(example, subject.system_prompt)
     row = encode(base.tokenizer, example, subject.template, max_tokens=1 << 30)
@@ -190,7 +194,7 @@ def _encode_reference(base: BaseModel, subject: Subject, example: Example) -> En
 
 
 def generate_and_score(
-    base: BaseModel, subject: Subject, examples: Sequence[Example], batch_size: int = 16
+    base: FrozenModel, subject: Subject, examples: Sequence[Example], batch_size: int = 16
 ) -> Generation:
     """Greedy answers against the references, and the references' loss under the subject."""
     model = inference_model(base, subject.soft_prompt)
@@ -224,6 +228,6 @@ def generate_and_score(
     )
 
 
-def _pad_id(base: BaseModel) -> int:
+def _pad_id(base: FrozenModel) -> int:
     pad = base.tokenizer.pad_token_id
     return int(pad) if pad is not None else 0

@@ -18,10 +18,10 @@ from typing import Protocol
 
 from app.engine import Engine, EngineFull, GenerationRequest, RequestError, RequestOutput
 
-log = logging.getLogger("softserve.scheduler")
+log = logging.getLogger("softserve.bridge")
 
 
-class SchedulerFull(RuntimeError):
+class Overloaded(RuntimeError):
     """Too many requests or queued tokens; answer 429 with Retry-After. `reason` names the cap."""
 
     def __init__(self, message: str, reason: str) -> None:
@@ -29,12 +29,12 @@ class SchedulerFull(RuntimeError):
         self.reason = reason
 
 
-class SchedulerStopped(RuntimeError):
+class BridgeStopped(RuntimeError):
     """The engine loop is not running (starting, draining or dead); answer 503."""
 
 
-class SchedulerObserver(Protocol):
-    """What the scheduler reports (metrics live above it; it never imports them)."""
+class BridgeObserver(Protocol):
+    """What the bridge reports (metrics live above it; it never imports them)."""
 
     def on_step(self, batch_size: int, prefilled: int, seconds: float) -> None: ...
 
@@ -50,7 +50,7 @@ class _NoObserver:
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class BridgeConfig:
     max_in_flight: int = 1024  # engine requests admitted and not yet finished (waiting + running)
     max_queued_tokens: int = 1 << 20  # prompt + max_tokens of requests not yet running
     idle_poll_s: float = 0.05
@@ -86,8 +86,8 @@ class Submission:
     """The outputs of a group of requests, as an async iterator. Leaving the `async with` block
     early (client gone, error) aborts whatever has not finished."""
 
-    def __init__(self, scheduler: Scheduler, request_ids: list[str]) -> None:
-        self._scheduler = scheduler
+    def __init__(self, bridge: EngineBridge, request_ids: list[str]) -> None:
+        self._bridge = bridge
         self._queue: asyncio.Queue[RequestOutput | Failure] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._open = set(request_ids)
@@ -99,7 +99,7 @@ class Submission:
     def close(self) -> None:
         """Abort whatever has not finished. Idempotent; safe from any exit path."""
         for request_id in self._open:
-            self._scheduler.abort(request_id)
+            self._bridge.abort(request_id)
         self._open.clear()
 
     def __aiter__(self) -> AsyncIterator[RequestOutput]:
@@ -129,16 +129,16 @@ class Submission:
         self.close()
 
 
-class Scheduler:
+class EngineBridge:
     def __init__(
         self,
         engine: Engine,
-        config: SchedulerConfig | None = None,
-        observer: SchedulerObserver | None = None,
+        config: BridgeConfig | None = None,
+        observer: BridgeObserver | None = None,
     ) -> None:
         self.engine = engine
-        self.config = config or SchedulerConfig()
-        self.observer: SchedulerObserver = observer or _NoObserver()
+        self.config = config or BridgeConfig()
+        self.observer: BridgeObserver = observer or _NoObserver()
         self._inbox: list[_Add | _Abort] = []
         self._wake = threading.Condition()
         self._owners: dict[str, Submission] = {}
@@ -192,10 +192,10 @@ class Scheduler:
     # -- called from the event loop ---------------------------------------------------------
 
     def submit(self, requests: list[GenerationRequest]) -> Submission:
-        """Validate and enqueue a group; raises RequestError, SchedulerFull or SchedulerStopped
+        """Validate and enqueue a group; raises RequestError, Overloaded or BridgeStopped
         before anything is queued."""
         if not self.alive:
-            raise SchedulerStopped("the engine loop is not running")
+            raise BridgeStopped("the engine loop is not running")
         for request in requests:
             self.engine.check(request)
         tokens = [len(r.prompt_ids) + r.sampling.max_tokens for r in requests]
@@ -203,12 +203,10 @@ class Scheduler:
         with self._count_lock:
             if self._in_flight + len(requests) > self.config.max_in_flight:
                 cap = self.config.max_in_flight
-                raise SchedulerFull(
-                    f"{self._in_flight} requests in flight (cap {cap})", "in_flight"
-                )
+                raise Overloaded(f"{self._in_flight} requests in flight (cap {cap})", "in_flight")
             if self._queued_tokens + sum(tokens) > self.config.max_queued_tokens:
                 cap = self.config.max_queued_tokens
-                raise SchedulerFull(
+                raise Overloaded(
                     f"{self._queued_tokens} tokens queued (cap {cap})", "queued_tokens"
                 )
             self._in_flight += len(requests)
