@@ -15,10 +15,10 @@ from app.model.kinds import PromptKind
 from app.model.loader import FrozenModel, load_base_model
 from app.registry.names import validate_task_name
 from app.registry.store import Registry
+from app.render import ChatMessage, chat_ids
 from app.settings import Settings
 from app.train.adapters import PromptInit
 from app.train.data import (
-    ChatMessage,
     Columns,
     Example,
     TextExample,
@@ -26,7 +26,6 @@ from app.train.data import (
     parse_label_map,
 )
 from app.train.distill import distill
-from app.train.encode import chat_prompt_ids
 from app.train.evaluate import Subject, classify, generate_and_score
 from app.train.save import TaskInfo, save_prompt
 from app.train.trainer import TrainConfig, train
@@ -174,8 +173,8 @@ def distill_command(args: argparse.Namespace) -> int:
     # questions (the chat template adds a few of its own around it).
     tok = base.tokenizer
     system = ChatMessage("system", system_prompt)
-    with_system = [len(chat_prompt_ids(tok, (system, ChatMessage("user", q)))) for q in questions]
-    without = [len(chat_prompt_ids(tok, (ChatMessage("user", q),))) for q in questions]
+    with_system = [len(chat_ids(tok, (system, ChatMessage("user", q)))) for q in questions]
+    without = [len(chat_ids(tok, (ChatMessage("user", q),))) for q in questions]
     figures = {
         "conversations": len(result.examples),
         "dropped": result.dropped,

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 from app.model.loader import FrozenModel
-from app.train.data import ChatExample, ChatMessage
-from app.train.encode import chat_prompt_ids
+from app.render import ChatMessage, chat_ids
+from app.train.data import ChatExample
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def distill(
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         prompts = [
-            chat_prompt_ids(tok, (ChatMessage("system", system_prompt), ChatMessage("user", q)))
+            list(chat_ids(tok, (ChatMessage("system", system_prompt), ChatMessage("user", q))))
             for q in chunk
         ]
         ids, mask = _left_pad(prompts, pad_id)

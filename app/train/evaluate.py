@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from app.model.loader import FrozenModel
 from app.model.soft_prompt import SoftPrompt
+from app.render import TaskStyle, chat_ids, render_completion, with_system_prompt
 from app.train.adapters import inference_model, prepends_embeddings
-from app.train.data import ChatExample, ChatMessage, Example, TextExample
-from app.train.encode import Encoded, chat_prompt_ids, collate, encode, prompt_ids
+from app.train.data import ChatExample, Example, TextExample
+from app.train.encode import Encoded, collate, encode
 from app.train.scoring import score_targets
 
 
@@ -28,6 +29,10 @@ class Subject:
     soft_prompt: SoftPrompt | None = None
     template: str | None = None
     system_prompt: str | None = None
+
+    @property
+    def style(self) -> TaskStyle:
+        return TaskStyle(template=self.template, system_prompt=self.system_prompt)
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,9 @@ def classify(
     gold = [_label_of(e.output, labels, i) for i, e in enumerate(examples)]
     label_ids = [base.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
     model = inference_model(base, subject.soft_prompt)
-    prompts = [prompt_ids(base.tokenizer, subject.template, e.input) for e in examples]
+    prompts = [
+        list(render_completion(base.tokenizer, subject.style, e.input).ids) for e in examples
+    ]
     if all(len(ids) == 1 for ids in label_ids):
         scores = _last_token_scores(base, model, prompts, [ids[0] for ids in label_ids], batch_size)
     else:
@@ -148,19 +155,20 @@ def classify(
 
 
 def _with_system(example: ChatExample, system_prompt: str | None) -> ChatExample:
-    """Insert the subject's system prompt as the server does for a task that has one."""
-    if system_prompt is None or example.messages[0].role == "system":
-        return example
-    return ChatExample((ChatMessage("system", system_prompt), *example.messages))
+    """The subject's system prompt, by the server's rule (`app.render.with_system_prompt`)."""
+    return ChatExample(with_system_prompt(example.messages, system_prompt))
 
 
-def _reference(base: FrozenModel, subject: Subject, example: Example) -> tuple[list[int], str]:
+def reference_prompt(
+    base: FrozenModel, subject: Subject, example: Example
+) -> tuple[list[int], str]:
     """The prompt ids the server would build, and the expected (last) answer."""
     if isinstance(example, TextExample):
-        return prompt_ids(base.tokenizer, subject.template, example.input), example.output
+        prompt = render_completion(base.tokenizer, subject.style, example.input)
+        return list(prompt.ids), example.output
     chat = _with_system(example, subject.system_prompt)
     last = max(i for i, m in enumerate(chat.messages) if m.role == "assistant")
-    return chat_prompt_ids(base.tokenizer, chat.messages[:last]), chat.messages[last].content
+    return list(chat_ids(base.tokenizer, chat.messages[:last])), chat.messages[last].content
 
 
 @torch.no_grad()
@@ -185,7 +193,7 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
-def _encode_reference(base: FrozenModel, subject: Subject, example: Example) -> Encoded:
+def encode_reference(base: FrozenModel, subject: Subject, example: Example) -> Encoded:
     if isinstance(example, ChatExample):
         example = _with_system(example, subject.system_prompt)
     row = encode(base.tokenizer, example, subject.template, max_tokens=1 << 30)
@@ -198,10 +206,10 @@ def generate_and_score(
 ) -> Generation:
     """Greedy answers against the references, and the references' loss under the subject."""
     model = inference_model(base, subject.soft_prompt)
-    rows = [_encode_reference(base, subject, example) for example in examples]
+    rows = [encode_reference(base, subject, example) for example in examples]
     exact, prefix = 0, 0.0
     for example, row in zip(examples, rows, strict=True):
-        prompt, answer = _reference(base, subject, example)
+        prompt, answer = reference_prompt(base, subject, example)
         budget = sum(row.targets) + 1  # every target token, plus one: a longer answer differs
         got = str(
             base.tokenizer.decode(_greedy(base, model, prompt, budget), skip_special_tokens=True)

@@ -8,7 +8,6 @@ from typing import Any
 from app.api.deps import ApiKeyDep, RuntimeDep, ServicesDep
 from app.api.errors import ApiError
 from app.api.generation import (
-    Target,
     check_supported,
     choice_index,
     collect,
@@ -21,7 +20,8 @@ from app.api.generation import (
     submit,
     tracked,
 )
-from app.api.render import chat_logprobs
+from app.api.inputs import chat_prompts
+from app.api.logprobs import chat_logprobs
 from app.api.routes.common import ERRORS
 from app.api.schemas import (
     AssistantMessage,
@@ -31,7 +31,6 @@ from app.api.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
-    ChatMessage,
     Usage,
 )
 from app.api.state import Runtime, Services
@@ -40,27 +39,6 @@ from app.engine import RequestOutput
 from fastapi import APIRouter, Request
 
 router = APIRouter(dependencies=[ApiKeyDep], tags=["inference"])
-
-
-def chat_prompt(
-    tokenizer: Any, messages: list[ChatMessage], target: Target
-) -> tuple[str, tuple[int, ...]]:
-    turns = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in messages
-    ]
-    # A persona task's system prompt applies unless the caller brought their own.
-    if target.meta.system_prompt and not any(t["role"] == "system" for t in turns):
-        turns.insert(0, {"role": "system", "content": target.meta.system_prompt})
-    if not tokenizer.chat_template:
-        raise ApiError(
-            400, "the base model has no chat template: use /v1/completions", param="messages"
-        )
-    try:
-        text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-    except Exception as exc:  # template errors (e.g. roles the template refuses)
-        raise ApiError(400, f"chat template failed: {exc}", param="messages") from None
-    return text, tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @router.post(
@@ -94,7 +72,8 @@ async def _chat(
     tracker.model = body.model
     target = resolve_target(services, body.model)
     tracker.task = target.name
-    tracker.prompt_text, prompt = chat_prompt(tokenizer, body.messages, target)
+    rendered = chat_prompts(tokenizer, body.messages, target.meta.style)
+    tracker.prompt_text, prompt = rendered.texts[0], rendered.ids[0]
     tracker.prompt_tokens = len(prompt)
     params = sampling_params(
         body,

@@ -8,7 +8,6 @@ from typing import Any
 from app.api.deps import ApiKeyDep, RuntimeDep, ServicesDep
 from app.api.errors import ApiError
 from app.api.generation import (
-    Target,
     check_supported,
     choice_index,
     collect,
@@ -21,13 +20,13 @@ from app.api.generation import (
     submit,
     tracked,
 )
-from app.api.render import completion_logprobs
+from app.api.inputs import completion_prompts
+from app.api.logprobs import completion_logprobs
 from app.api.routes.common import ERRORS
 from app.api.schemas import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
-    PromptInput,
     Usage,
 )
 from app.api.state import Runtime, Services
@@ -36,31 +35,6 @@ from app.engine import RequestOutput
 from fastapi import APIRouter, Request
 
 router = APIRouter(dependencies=[ApiKeyDep], tags=["inference"])
-
-
-def _prompts(
-    tokenizer: Any, prompt: PromptInput, target: Target
-) -> tuple[list[str], list[tuple[int, ...]]]:
-    """Returns (the prompt texts, for echo; the token ids)."""
-    items: list[str] | list[list[int]] | list[int]
-    items = [prompt] if isinstance(prompt, str) else prompt
-    if not items:
-        raise ApiError(400, "prompt must not be empty", param="prompt")
-    batch: list[str | list[int]] = (
-        [[int(t) for t in items]] if all(isinstance(p, int) for p in items) else list(items)  # type: ignore[arg-type]
-    )
-    texts, ids = [], []
-    for item in batch:
-        if isinstance(item, str):
-            text = target.meta.apply_template(item)
-            texts.append(text)
-            ids.append(tuple(tokenizer(text)["input_ids"]))
-        else:
-            if item and not all(0 <= t < len(tokenizer) for t in item):
-                raise ApiError(400, f"token ids must be in [0, {len(tokenizer)})", param="prompt")
-            texts.append(str(tokenizer.decode(item)))
-            ids.append(tuple(item))
-    return texts, ids
 
 
 def _check(body: CompletionRequest, max_n: int, max_logprobs: int) -> None:
@@ -98,7 +72,8 @@ async def _complete(
     tracker.model = body.model
     target = resolve_target(services, body.model)
     tracker.task = target.name
-    texts, prompts = _prompts(tokenizer, body.prompt, target)
+    rendered = completion_prompts(tokenizer, body.prompt, target.meta.style)
+    texts, prompts = list(rendered.texts), list(rendered.ids)
     tracker.prompt_tokens = sum(len(p) for p in prompts)
     tracker.prompt_text = "\n".join(texts)
     params = sampling_params(
