@@ -72,7 +72,7 @@ def run_to_completion(
         engine.add_request(request)
     outputs: dict[str, list[RequestOutput]] = {}
     while engine.has_work():
-        for out in engine.step():
+        for out in engine.step().outputs:
             outputs.setdefault(out.request_id, []).append(out)
     return outputs
 

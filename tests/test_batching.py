@@ -71,7 +71,7 @@ def test_mixed_batch_equals_alone(tiny: FrozenModel, registry: Registry) -> None
         if pending:
             joined_mid_decode += engine.num_running > 0
             engine.add_request(pending.pop(0))
-        for out in engine.step():
+        for out in engine.step().outputs:
             got.setdefault(out.request_id, []).extend(out.token_ids)
     assert joined_mid_decode >= 5
     assert got == alone
@@ -88,7 +88,7 @@ def test_small_batch_cap_queues_and_still_matches(tiny: FrozenModel, registry: R
     got: dict[str, list[int]] = {}
     while engine.has_work():
         assert engine.num_running <= 3
-        for out in engine.step():
+        for out in engine.step().outputs:
             got.setdefault(out.request_id, []).extend(out.token_ids)
     assert got == alone
 
@@ -111,7 +111,7 @@ def test_joining_request_does_not_wait(tiny: FrozenModel) -> None:
     engine.add_request(short)
     finished: dict[str, int] = {}
     while engine.has_work():
-        for out in engine.step():
+        for out in engine.step().outputs:
             if out.finish_reason is not None:
                 finished[out.request_id] = engine.steps
     record = next(r for r in engine.history if r.step == joined_at)
@@ -149,7 +149,7 @@ def test_abort_frees_row(tiny: FrozenModel) -> None:
     )
     engine.step()
     engine.abort("a")
-    outs = engine.step()
+    outs = engine.step().outputs
     assert [(o.request_id, o.finish_reason) for o in outs if o.finish_reason] == [
         ("a", FinishReason.ABORT)
     ]

@@ -53,7 +53,6 @@ def build_services(settings: Settings, base: FrozenModel, metrics: Metrics) -> S
         base,
         EngineConfig(
             max_batch_size=settings.max_batch_size,
-            max_waiting=settings.max_in_flight,
             kv_prefix_cache_mib=settings.kv_cache_mib,
             max_context=settings.max_context,
         ),
@@ -66,7 +65,7 @@ def build_services(settings: Settings, base: FrozenModel, metrics: Metrics) -> S
         observer=metrics,
     )
     bridge.start()
-    metrics.attach(engine, bridge, registry)
+    metrics.attach(bridge, registry)
     return Services(
         settings=settings,
         base=base,

@@ -1,28 +1,31 @@
-"""Bridge between asyncio request handlers and the single engine thread.
+"""The engine bridge: between asyncio request handlers and the single engine thread.
 
 The event loop never runs model code: handlers put commands in an inbox; the engine thread
 drains it, steps the engine, and hands each output back to the submitting loop with
 `call_soon_threadsafe`. A group of requests (n choices, several prompts) shares one queue.
+
+Admission happens here, once: a group is validated (`Engine.check`) and counted against the
+in-flight and queued-token caps on the event loop, so it is refused (`RequestError`,
+`Overloaded`) before anything is queued. The engine itself holds no cap in the server.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Protocol
 
-from app.engine import Engine, EngineFull, GenerationRequest, RequestError, RequestOutput
+from app.bridge.submission import Failure, Submission
+from app.engine import Engine, EngineFull, EngineStats, GenerationRequest
 
 log = logging.getLogger("softserve.bridge")
 
 
 class Overloaded(RuntimeError):
-    """Too many requests or queued tokens; answer 429 with Retry-After. `reason` names the cap."""
+    """A cap is reached: answer 429 with Retry-After. `reason` names the cap (a metric label):
+    `in_flight` or `queued_tokens` here, `max_requests` at the API's door."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -68,11 +71,12 @@ class _Abort:
 
 
 @dataclass(frozen=True)
-class Failure:
-    """A request the engine thread could not run (or the loop itself failed)."""
+class BridgeStats:
+    """What the bridge and its engine hold now (read by /metrics, from any thread)."""
 
-    request_id: str | None
-    error: BaseException
+    engine: EngineStats
+    in_flight: int  # engine requests admitted and not finished (waiting + running)
+    queued_tokens: int  # prompt + max_tokens of requests not yet running
 
 
 @dataclass(frozen=True)
@@ -80,53 +84,6 @@ class _Queued:
     request: GenerationRequest
     tokens: int
     since: float
-
-
-class Submission:
-    """The outputs of a group of requests, as an async iterator. Leaving the `async with` block
-    early (client gone, error) aborts whatever has not finished."""
-
-    def __init__(self, bridge: EngineBridge, request_ids: list[str]) -> None:
-        self._bridge = bridge
-        self._queue: asyncio.Queue[RequestOutput | Failure] = asyncio.Queue()
-        self._loop = asyncio.get_running_loop()
-        self._open = set(request_ids)
-
-    def deliver(self, item: RequestOutput | Failure) -> None:
-        """Called from the engine thread."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    def close(self) -> None:
-        """Abort whatever has not finished. Idempotent; safe from any exit path."""
-        for request_id in self._open:
-            self._bridge.abort(request_id)
-        self._open.clear()
-
-    def __aiter__(self) -> AsyncIterator[RequestOutput]:
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if not self._open:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, Failure):
-            self._open.discard(item.request_id or "")
-            raise item.error
-        if item.finish_reason is not None:
-            self._open.discard(item.request_id)
-        return item
-
-    async def __aenter__(self) -> Submission:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Unfinished rows are aborted; the engine thread releases their slots when they leave.
-        self.close()
 
 
 class EngineBridge:
@@ -189,6 +146,13 @@ class EngineBridge:
     def queued_tokens(self) -> int:
         return self._queued_tokens
 
+    def stats(self) -> BridgeStats:
+        return BridgeStats(
+            engine=self.engine.stats(),
+            in_flight=self._in_flight,
+            queued_tokens=self._queued_tokens,
+        )
+
     # -- called from the event loop ---------------------------------------------------------
 
     def submit(self, requests: list[GenerationRequest]) -> Submission:
@@ -213,7 +177,7 @@ class EngineBridge:
             self._queued_tokens += sum(tokens)
             for request, count in zip(requests, tokens, strict=True):
                 self._queued[request.request_id] = _Queued(request, count, now)
-        submission = Submission(self, [r.request_id for r in requests])
+        submission = Submission(self.abort, [r.request_id for r in requests])
         with self._wake:
             self._inbox.extend(_Add(r, submission) for r in requests)
             self._wake.notify()
@@ -252,7 +216,7 @@ class EngineBridge:
     def _step(self) -> None:
         started = time.monotonic()
         try:
-            outputs = self.engine.step()
+            result = self.engine.step()
         except Exception as exc:
             # One bad step must not take the server down. After the reset the engine holds
             # nothing, so every request we own has failed, including any the step had already
@@ -269,10 +233,9 @@ class EngineBridge:
         self.heartbeat = time.monotonic()
         seconds = self.heartbeat - started
         self.longest_step_s = max(seconds, self.longest_step_s * 0.99)  # decays slowly
-        record = self.engine.history[-1] if self.engine.history else None
-        if record is not None and record.step == self.engine.steps:
-            self.observer.on_step(len(record.tasks), len(record.prefilled), seconds)
-        for out in outputs:
+        if result.ran is not None:
+            self.observer.on_step(len(result.ran.tasks), len(result.ran.prefilled), seconds)
+        for out in result.outputs:
             owner = self._owners.get(out.request_id)
             if owner is None:
                 continue
@@ -291,9 +254,9 @@ class EngineBridge:
                     self.engine.abort(command.request_id)
                 continue
             try:
-                self.engine.add_request(command.request)
+                self.engine.enqueue(command.request)  # checked in `submit`, not again
                 self._owners[command.request.request_id] = command.submission
-            except (RequestError, EngineFull) as exc:
+            except EngineFull as exc:  # only if the engine was built with its own cap
                 self._dequeue(command.request.request_id)
                 self._release(1)
                 command.submission.deliver(Failure(command.request.request_id, exc))

@@ -20,11 +20,13 @@ from app.engine.sampling import sample, token_logprob
 from app.engine.text import TextStream
 from app.engine.types import (
     EngineFull,
+    EngineStats,
     FinishReason,
     GenerationRequest,
     RequestError,
     RequestOutput,
     StepRecord,
+    StepResult,
     TokenLogprob,
 )
 from app.model import FrozenModel
@@ -33,7 +35,7 @@ from app.model import FrozenModel
 @dataclass(frozen=True)
 class EngineConfig:
     max_batch_size: int = 32
-    max_waiting: int = 1024
+    max_waiting: int | None = None  # None: no cap here (the bridge admits; see EngineFull)
     kv_prefix_cache_mib: float = 256.0
     max_context: int | None = None  # default and upper bound: the model's own
     history_steps: int = 4096
@@ -87,8 +89,17 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self._waiting or self._rows)
 
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self._rows),
+            waiting=len(self._waiting),
+            steps=self._steps,
+            prefix_cache=self.prefixes.stats(),
+        )
+
     def check(self, request: GenerationRequest) -> None:
-        """Raise RequestError (naming the parameter) for anything the engine cannot run."""
+        """Raise RequestError (naming the parameter) for anything the engine cannot run: the one
+        place requests are validated. Reads only immutable limits, so any thread may call it."""
         s = request.sampling
         if not request.prompt_ids:
             raise RequestError("the prompt is empty: send at least one token", param="prompt")
@@ -115,7 +126,13 @@ class Engine:
 
     def add_request(self, request: GenerationRequest) -> None:
         self.check(request)
-        if len(self._waiting) >= self.config.max_waiting:
+        self.enqueue(request)
+
+    def enqueue(self, request: GenerationRequest) -> None:
+        """Queue a request that already passed `check` (the bridge checks on submit, so a bad
+        request is refused before anything is queued, and not checked again here)."""
+        cap = self.config.max_waiting
+        if cap is not None and len(self._waiting) >= cap:
             raise EngineFull(f"{len(self._waiting)} requests already waiting")
         self._waiting.append(request)
 
@@ -130,25 +147,24 @@ class Engine:
         self._aborted.add(request_id)
 
     @torch.inference_mode()
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> StepResult:
         outputs = self._drop_aborted(self._expired())
         plan = self._schedule()
         if not plan.admitted and not plan.decoding:
-            return outputs
+            return StepResult(outputs=tuple(outputs), ran=None)
         decoded = self._execute_decode() if plan.decoding else None
         prefilled = self._execute_prefill(plan.admitted) if plan.admitted else None
         in_step = [row.request for row in self._rows] + list(plan.admitted)
         outputs.extend(self._update(plan, decoded, prefilled))
         self._steps += 1
-        self.history.append(
-            StepRecord(
-                step=self._steps,
-                prefilled=tuple(r.request_id for r in plan.admitted),
-                decoded=plan.decoding,
-                tasks=tuple(r.soft_prompt.key if r.soft_prompt else None for r in in_step),
-            )
+        record = StepRecord(
+            step=self._steps,
+            prefilled=tuple(r.request_id for r in plan.admitted),
+            decoded=plan.decoding,
+            tasks=tuple(r.soft_prompt.key if r.soft_prompt else None for r in in_step),
         )
-        return outputs
+        self.history.append(record)
+        return StepResult(outputs=tuple(outputs), ran=record)
 
     # -- schedule ---------------------------------------------------------------------------
 
