@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from app.cli.train import read_template, read_text_arg
+from app.cli.args import read_template, read_text_arg
 from app.render import apply_template, with_system_prompt
 from app.train.data import Example, TextExample
 

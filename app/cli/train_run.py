@@ -8,9 +8,9 @@ import json
 import os
 from typing import Any
 
+from app.cli.args import parse_labels, print_figures, read_template, read_text_arg
 from app.cli.prompts import push_folder
 from app.cli.remote_eval import remote_figures
-from app.cli.train import parse_labels, print_figures, read_template, read_text_arg
 from app.model.kinds import PromptKind
 from app.model.loader import FrozenModel, load_base_model
 from app.registry.names import validate_task_name
