@@ -301,9 +301,9 @@ def test_concurrent_tasks_share_steps_and_match_alone(
     server: LiveServer, tiny: FrozenModel
 ) -> None:
     models = [*TASKS, TINY_MODEL_ID, "pt", "px"]
-    scheduler, engine = server.services.bridge, server.services.engine
+    bridge, engine = server.services.bridge, server.services.engine
     first_step = engine.steps
-    scheduler.pause()  # hold the loop so every request is queued before the first step
+    bridge.pause()  # hold the loop so every request is queued before the first step
 
     async def send_all() -> list[dict[str, object]]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
@@ -315,14 +315,14 @@ def test_concurrent_tasks_share_steps_and_match_alone(
                 for m in models
             ]
             tasks = [asyncio.ensure_future(s) for s in sends]
-            assert await asyncio.to_thread(wait_until, lambda: scheduler.in_flight == len(models))
-            scheduler.resume()
+            assert await asyncio.to_thread(wait_until, lambda: bridge.in_flight == len(models))
+            bridge.resume()
             return [(await t).json() for t in tasks]
 
     try:
         bodies = asyncio.run(send_all())
     finally:
-        scheduler.resume()
+        bridge.resume()
     steps = [r for r in engine.history if r.step > first_step]
     # All six rows (three kinds and the bare model) ran in shared steps, not one after another.
     assert sum(len(r.tasks) == len(models) and len(set(r.tasks)) == 4 for r in steps) >= 5
@@ -332,7 +332,7 @@ def test_concurrent_tasks_share_steps_and_match_alone(
 
 
 def test_disconnects_free_rows(server: LiveServer) -> None:
-    engine, scheduler = server.services.engine, server.services.bridge
+    engine, bridge = server.services.engine, server.services.bridge
     body = {"model": "px", "prompt": "Hello", "max_tokens": 400, "stream": True, "ignore_eos": True}
     first_step = engine.steps
     for _ in range(50):
@@ -340,9 +340,9 @@ def test_disconnects_free_rows(server: LiveServer) -> None:
             lines = r.iter_lines()
             assert next(line for line in lines if line).startswith("data: ")
         # Leaving the block closes the connection mid-stream.
-    assert wait_until(lambda: engine.num_running == 0 and scheduler.in_flight == 0), (
+    assert wait_until(lambda: engine.num_running == 0 and bridge.in_flight == 0), (
         engine.num_running,
-        scheduler.in_flight,
+        bridge.in_flight,
     )
     # Each row was cut short: far from the 50 x 400 row-steps that finishing them would take.
     row_steps = sum(
@@ -352,8 +352,8 @@ def test_disconnects_free_rows(server: LiveServer) -> None:
 
 
 def test_non_streaming_disconnect_frees_row(server: LiveServer) -> None:
-    engine, scheduler = server.services.engine, server.services.bridge
-    scheduler.pause()
+    engine, bridge = server.services.engine, server.services.bridge
+    bridge.pause()
     try:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(
@@ -362,8 +362,8 @@ def test_non_streaming_disconnect_frees_row(server: LiveServer) -> None:
                 timeout=0.5,
             )
     finally:
-        scheduler.resume()
-    assert wait_until(lambda: engine.num_running == 0 and scheduler.in_flight == 0)
+        bridge.resume()
+    assert wait_until(lambda: engine.num_running == 0 and bridge.in_flight == 0)
 
 
 def test_api_key(tiny: FrozenModel, prompts_dir: Path) -> None:

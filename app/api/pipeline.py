@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -21,12 +22,13 @@ from app.api.sampling import deadline
 from app.api.schemas import SamplingFields, Usage
 from app.api.state import Runtime, Services
 from app.api.tracking import Tracker
-from app.bridge import Overloaded
+from app.bridge import Overloaded, Submission
 from app.engine import GenerationRequest, RequestError, RequestOutput, SamplingParams
 from app.model import SoftPrompt
 from app.registry import TaskMeta, UnknownTask
 from app.render import TaskStyle
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 
@@ -195,21 +197,31 @@ async def _run(
         )
 
     if body.stream:
-        started: set[int] = set()
-
-        def render(out: RequestOutput) -> list[str]:
-            index = indices[out.request_id]
-            first = index not in started
-            started.add(index)
-            return endpoint.chunks(reply, ChoiceOutput(index, first, out))
-
-        def closing() -> list[str]:
-            wanted = body.stream_options and body.stream_options.include_usage
-            return [endpoint.usage_chunk(reply, usage())] if wanted else []
-
-        return stream(submission, tracker, render, closing)
-
+        return _stream(endpoint, reply, submission, tracker, indices, usage)
     results = await collect(submission, request, indices, tracker)
     response = endpoint.respond(reply, results, usage())
     tracker.finish(200, finish_text(results[0].finish_reason))
     return response
+
+
+def _stream(
+    endpoint: Endpoint,
+    reply: Reply,
+    submission: Submission,
+    tracker: Tracker,
+    indices: dict[str, int],
+    usage: Callable[[], Usage],
+) -> StreamingResponse:
+    started: set[int] = set()
+
+    def render(out: RequestOutput) -> list[str]:
+        index = indices[out.request_id]
+        first = index not in started
+        started.add(index)
+        return endpoint.chunks(reply, ChoiceOutput(index, first, out))
+
+    def closing() -> list[str]:
+        options = endpoint.body.stream_options
+        return [endpoint.usage_chunk(reply, usage())] if options and options.include_usage else []
+
+    return stream(submission, tracker, render, closing)
