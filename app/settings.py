@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.model import DType, Quantize
+from app.dtype import DType, Quantize
 
 
 def _default_cache_dir() -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from app.engine import Backend, EngineConfig
-from app.model import BaseModel, DType, Quantize, SoftPrompt, SoftPromptKind, load_base_model
+from app.model import DType, FrozenModel, PromptKind, Quantize, SoftPrompt, load_base_model
 from app.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,7 +40,7 @@ def base_args(description: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace) -> BaseModel:
+def load(args: argparse.Namespace) -> FrozenModel:
     return load_base_model(
         args.model, device=args.device, dtype=DType(args.dtype), cache_dir=Settings().cache_dir
     )
@@ -119,7 +119,7 @@ def plot_bars(
     return path
 
 
-def soft_prompts(base: BaseModel, count: int, tokens: int, seed: int = 0) -> list[SoftPrompt]:
+def soft_prompts(base: FrozenModel, count: int, tokens: int, seed: int = 0) -> list[SoftPrompt]:
     """`count` distinct prompt-tuning tables shaped like real ones (rows of the word embeddings
     plus noise), so the engine does exactly the work a trained prompt costs."""
     words = base.model.get_input_embeddings().weight.detach()
@@ -130,7 +130,7 @@ def soft_prompts(base: BaseModel, count: int, tokens: int, seed: int = 0) -> lis
         noise = torch.randn(tokens, words.shape[1], generator=gen) * float(words.std()) * 0.1
         table = (words[rows.to(words.device)].cpu() + noise).to(words.dtype).to(words.device)
         prompts.append(
-            SoftPrompt(key=f"bench-{seed}-{i}", kind=SoftPromptKind.EMBEDDINGS, table=table)
+            SoftPrompt(key=f"bench-{seed}-{i}", kind=PromptKind.PROMPT_TUNING, table=table)
         )
     return prompts
 

@@ -12,7 +12,7 @@ import torch
 from transformers import DynamicCache
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from app.model import BaseModel
+from app.model import FrozenModel
 from bench.common import (
     base_args,
     engine_config,
@@ -28,7 +28,7 @@ from bench.common import (
 PROMPT_LEN = 32
 
 
-def bare_loop(base: BaseModel, batch: int, new_tokens: int) -> float:
+def bare_loop(base: FrozenModel, batch: int, new_tokens: int) -> float:
     """Prefill then `new_tokens` greedy steps with HF's own cache; returns decode seconds."""
     ids = torch.randint(100, 1000, (batch, PROMPT_LEN), device=base.device)
     with torch.inference_mode():
@@ -45,7 +45,7 @@ def bare_loop(base: BaseModel, batch: int, new_tokens: int) -> float:
         return timed(decode, str(base.device))
 
 
-def engine_loop(base: BaseModel, config: EngineConfig, batch: int, new_tokens: int) -> float:
+def engine_loop(base: FrozenModel, config: EngineConfig, batch: int, new_tokens: int) -> float:
     # One prefill step for the whole batch, then decode steps only (what this measures).
     engine = Engine(base, replace(config, max_batch_size=batch, prefill_chunk=batch * PROMPT_LEN))
     params = SamplingParams(max_tokens=new_tokens + 1, temperature=0.0, ignore_eos=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from app.model import BaseModel, SoftPrompt
+from app.model import FrozenModel, SoftPrompt
 from bench.common import (
     base_args,
     engine_config,
@@ -27,7 +27,7 @@ from bench.common import (
 
 
 def workload(
-    base: BaseModel,
+    base: FrozenModel,
     config: EngineConfig,
     prompts: list[SoftPrompt],
     tasks: int,

@@ -16,7 +16,7 @@ import torch
 from peft import PeftModel, PromptTuningConfig, get_peft_model
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from app.model import BaseModel, SoftPrompt
+from app.model import FrozenModel, SoftPrompt
 from app.registry.store import Registry
 from bench.common import (
     base_args,
@@ -31,7 +31,7 @@ from bench.common import (
 )
 
 
-def save_adapters(base: BaseModel, tables: list[SoftPrompt], root: Path) -> list[str]:
+def save_adapters(base: FrozenModel, tables: list[SoftPrompt], root: Path) -> list[str]:
     """Write each table as a PEFT folder (what a PEFT server would load from disk)."""
     names = []
     for i, table in enumerate(tables):
@@ -45,7 +45,7 @@ def save_adapters(base: BaseModel, tables: list[SoftPrompt], root: Path) -> list
 
 
 def naive(
-    base: BaseModel, root: Path, names: list[str], ids: list[tuple[int, ...]], out: int
+    base: FrozenModel, root: Path, names: list[str], ids: list[tuple[int, ...]], out: int
 ) -> float:
     model = PeftModel.from_pretrained(base.model, str(root / names[0]), adapter_name=names[0])
     for name in names[1:]:
@@ -68,7 +68,7 @@ def naive(
 
 
 def softserve(
-    base: BaseModel,
+    base: FrozenModel,
     config: EngineConfig,
     root: Path,
     ids: list[tuple[int, ...]],

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from app.model import BaseModel, SoftPrompt
+from app.model import FrozenModel, SoftPrompt
 from bench.common import (
     base_args,
     engine_config,
@@ -30,7 +30,7 @@ NO_CACHE_MIB = 1e-9  # below one prefix: every prefix is computed and dropped
 
 
 def prefill(
-    base: BaseModel,
+    base: FrozenModel,
     config: EngineConfig,
     prompts: list[SoftPrompt | None],
     prompt_len: int,

@@ -15,7 +15,7 @@ from peft import (
 )
 
 from app.engine import Engine, EngineConfig, GenerationRequest, RequestOutput
-from app.model import BaseModel
+from app.model import FrozenModel
 from tests.tiny import tiny_base
 
 KINDS = ("prompt", "p-tuning", "prefix")
@@ -40,7 +40,7 @@ def peft_config(kind: str, num_virtual_tokens: int) -> PeftConfig:
 
 
 @pytest.fixture(scope="session")
-def tiny() -> BaseModel:
+def tiny() -> FrozenModel:
     return tiny_base()
 
 
@@ -48,7 +48,7 @@ MakeAdapter = Callable[..., Path]
 
 
 def write_adapter(
-    base: BaseModel, root: Path, name: str, kind: str, num_virtual_tokens: int = 5, seed: int = 1
+    base: FrozenModel, root: Path, name: str, kind: str, num_virtual_tokens: int = 5, seed: int = 1
 ) -> Path:
     """Write a PEFT adapter (made by PEFT itself, random weights) as `root/name`."""
     torch.manual_seed(seed)
@@ -58,7 +58,7 @@ def write_adapter(
 
 
 @pytest.fixture
-def make_adapter(tiny: BaseModel) -> MakeAdapter:
+def make_adapter(tiny: FrozenModel) -> MakeAdapter:
     def make(root: Path, name: str, kind: str, num_virtual_tokens: int = 5, seed: int = 1) -> Path:
         return write_adapter(tiny, root, name, kind, num_virtual_tokens, seed)
 
@@ -72,7 +72,7 @@ def run_to_completion(
         engine.add_request(request)
     outputs: dict[str, list[RequestOutput]] = {}
     while engine.has_work():
-        for out in engine.step():
+        for out in engine.step().outputs:
             outputs.setdefault(out.request_id, []).append(out)
     return outputs
 
@@ -86,5 +86,5 @@ def text_of(outputs: list[RequestOutput]) -> str:
 
 
 @pytest.fixture
-def engine(tiny: BaseModel) -> Engine:
+def engine(tiny: FrozenModel) -> Engine:
     return Engine(tiny, EngineConfig(max_batch_size=16))

@@ -13,7 +13,7 @@ import pytest
 
 from app.api.app import create_app
 from app.engine import Engine, GenerationRequest, SamplingParams
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.settings import Settings
 from tests.conftest import run_to_completion, text_of, write_adapter
 from tests.live import LiveServer, live, wait_until
@@ -23,7 +23,7 @@ TASKS = {"pt": "prompt", "ptune": "p-tuning", "px": "prefix"}
 
 
 @pytest.fixture(scope="module")
-def prompts_dir(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def prompts_dir(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prompts")
     for seed, (name, kind) in enumerate(TASKS.items()):
         write_adapter(tiny, root, name, kind, num_virtual_tokens=4 + 3 * seed, seed=seed + 20)
@@ -41,7 +41,7 @@ def prompts_dir(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="module")
-def server(tiny: BaseModel, prompts_dir: Path) -> Iterator[LiveServer]:
+def server(tiny: FrozenModel, prompts_dir: Path) -> Iterator[LiveServer]:
     settings = Settings(prompts=prompts_dir, max_body_bytes=64 * 1024, max_n=4)
     with live(create_app(settings, base=tiny)) as srv:
         yield srv
@@ -70,7 +70,7 @@ def test_models_lists_base_and_tasks(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("model", [TINY_MODEL_ID, *TASKS])
 def test_completion_equals_engine_alone(
-    client: openai.OpenAI, server: LiveServer, tiny: BaseModel, model: str
+    client: openai.OpenAI, server: LiveServer, tiny: FrozenModel, model: str
 ) -> None:
     out = client.completions.create(
         model=model, prompt="The quick brown fox", max_tokens=8, temperature=0
@@ -82,7 +82,7 @@ def test_completion_equals_engine_alone(
     assert out.choices[0].finish_reason in ("stop", "length")
 
 
-def test_completion_prompt_list_and_n(client: openai.OpenAI, tiny: BaseModel) -> None:
+def test_completion_prompt_list_and_n(client: openai.OpenAI, tiny: FrozenModel) -> None:
     kw = dict(
         model="pt",
         prompt=["Hello", "What is"],
@@ -107,7 +107,7 @@ def test_completion_prompt_list_and_n(client: openai.OpenAI, tiny: BaseModel) ->
 
 
 def test_template_from_task_json(
-    client: openai.OpenAI, server: LiveServer, tiny: BaseModel
+    client: openai.OpenAI, server: LiveServer, tiny: FrozenModel
 ) -> None:
     out = client.completions.create(
         model="review", prompt="a moving film", max_tokens=5, temperature=0
@@ -117,7 +117,7 @@ def test_template_from_task_json(
     assert out.usage is not None and out.usage.prompt_tokens == len(ids)
 
 
-def test_chat_and_persona(client: openai.OpenAI, tiny: BaseModel) -> None:
+def test_chat_and_persona(client: openai.OpenAI, tiny: FrozenModel) -> None:
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     plain = client.chat.completions.create(
         model="pt", messages=messages, max_tokens=5, temperature=0
@@ -297,11 +297,13 @@ def test_malformed_json_and_size_limit(server: LiveServer) -> None:
     assert r.status_code == 404 and "error" in r.json()
 
 
-def test_concurrent_tasks_share_steps_and_match_alone(server: LiveServer, tiny: BaseModel) -> None:
+def test_concurrent_tasks_share_steps_and_match_alone(
+    server: LiveServer, tiny: FrozenModel
+) -> None:
     models = [*TASKS, TINY_MODEL_ID, "pt", "px"]
-    scheduler, engine = server.services.scheduler, server.services.engine
+    bridge, engine = server.services.bridge, server.services.engine
     first_step = engine.steps
-    scheduler.pause()  # hold the loop so every request is queued before the first step
+    bridge.pause()  # hold the loop so every request is queued before the first step
 
     async def send_all() -> list[dict[str, object]]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
@@ -313,14 +315,14 @@ def test_concurrent_tasks_share_steps_and_match_alone(server: LiveServer, tiny: 
                 for m in models
             ]
             tasks = [asyncio.ensure_future(s) for s in sends]
-            assert await asyncio.to_thread(wait_until, lambda: scheduler.in_flight == len(models))
-            scheduler.resume()
+            assert await asyncio.to_thread(wait_until, lambda: bridge.in_flight == len(models))
+            bridge.resume()
             return [(await t).json() for t in tasks]
 
     try:
         bodies = asyncio.run(send_all())
     finally:
-        scheduler.resume()
+        bridge.resume()
     steps = [r for r in engine.history if r.step > first_step]
     # All six rows (three kinds and the bare model) ran in shared steps, not one after another.
     assert sum(len(r.tasks) == len(models) and len(set(r.tasks)) == 4 for r in steps) >= 5
@@ -330,7 +332,7 @@ def test_concurrent_tasks_share_steps_and_match_alone(server: LiveServer, tiny: 
 
 
 def test_disconnects_free_rows(server: LiveServer) -> None:
-    engine, scheduler = server.services.engine, server.services.scheduler
+    engine, bridge = server.services.engine, server.services.bridge
     body = {"model": "px", "prompt": "Hello", "max_tokens": 400, "stream": True, "ignore_eos": True}
     first_step = engine.steps
     for _ in range(50):
@@ -338,9 +340,9 @@ def test_disconnects_free_rows(server: LiveServer) -> None:
             lines = r.iter_lines()
             assert next(line for line in lines if line).startswith("data: ")
         # Leaving the block closes the connection mid-stream.
-    assert wait_until(lambda: engine.num_running == 0 and scheduler.in_flight == 0), (
+    assert wait_until(lambda: engine.num_running == 0 and bridge.in_flight == 0), (
         engine.num_running,
-        scheduler.in_flight,
+        bridge.in_flight,
     )
     # Each row was cut short: far from the 50 x 400 row-steps that finishing them would take.
     row_steps = sum(
@@ -350,8 +352,8 @@ def test_disconnects_free_rows(server: LiveServer) -> None:
 
 
 def test_non_streaming_disconnect_frees_row(server: LiveServer) -> None:
-    engine, scheduler = server.services.engine, server.services.scheduler
-    scheduler.pause()
+    engine, bridge = server.services.engine, server.services.bridge
+    bridge.pause()
     try:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(
@@ -360,11 +362,11 @@ def test_non_streaming_disconnect_frees_row(server: LiveServer) -> None:
                 timeout=0.5,
             )
     finally:
-        scheduler.resume()
-    assert wait_until(lambda: engine.num_running == 0 and scheduler.in_flight == 0)
+        bridge.resume()
+    assert wait_until(lambda: engine.num_running == 0 and bridge.in_flight == 0)
 
 
-def test_api_key(tiny: BaseModel, prompts_dir: Path) -> None:
+def test_api_key(tiny: FrozenModel, prompts_dir: Path) -> None:
     settings = Settings(prompts=prompts_dir, api_key="s3cret")
     with live(create_app(settings, base=tiny)) as srv:
         assert httpx.get(f"{srv.url}/health").status_code == 200  # stays open

@@ -8,7 +8,7 @@ import pytest
 
 from app.engine import Engine, EngineConfig, FinishReason, GenerationRequest, SamplingParams
 from app.engine.engine import Backend
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.registry import Registry
 from tests.conftest import MakeAdapter, run_to_completion, tokens_of
 
@@ -23,7 +23,7 @@ PROMPTS = [
 
 
 @pytest.fixture
-def registry(tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path) -> Registry:
+def registry(tiny: FrozenModel, make_adapter: MakeAdapter, tmp_path: Path) -> Registry:
     # Two tasks of every kind, with different prefix lengths.
     specs = [
         ("pt-a", "prompt", 3),
@@ -41,7 +41,7 @@ def registry(tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path) -> Regi
     return reg
 
 
-def _requests(tiny: BaseModel, registry: Registry) -> list[GenerationRequest]:
+def _requests(tiny: FrozenModel, registry: Registry) -> list[GenerationRequest]:
     tasks: list[str | None] = [None, *(e.name for e in registry.entries()), None, "px-b", "pt-a"]
     requests = []
     for i, task in enumerate(tasks):
@@ -62,7 +62,7 @@ def _requests(tiny: BaseModel, registry: Registry) -> list[GenerationRequest]:
     ids=["lean", "lean-chunked", "hf"],
 )
 def test_mixed_batch_equals_alone(
-    tiny: BaseModel, registry: Registry, config: EngineConfig
+    tiny: FrozenModel, registry: Registry, config: EngineConfig
 ) -> None:
     requests = _requests(tiny, registry)
     assert len(requests) >= 8
@@ -83,13 +83,13 @@ def test_mixed_batch_equals_alone(
         if pending:
             joined_mid_decode += engine.num_running > 0
             engine.add_request(pending.pop(0))
-        for out in engine.step():
+        for out in engine.step().outputs:
             got.setdefault(out.request_id, []).extend(out.token_ids)
     assert joined_mid_decode >= 5
     assert got == alone
 
 
-def test_small_batch_cap_queues_and_still_matches(tiny: BaseModel, registry: Registry) -> None:
+def test_small_batch_cap_queues_and_still_matches(tiny: FrozenModel, registry: Registry) -> None:
     requests = _requests(tiny, registry)
     alone = {
         r.request_id: tokens_of(run_to_completion(Engine(tiny), r)[r.request_id]) for r in requests
@@ -100,12 +100,12 @@ def test_small_batch_cap_queues_and_still_matches(tiny: BaseModel, registry: Reg
     got: dict[str, list[int]] = {}
     while engine.has_work():
         assert engine.num_running <= 3
-        for out in engine.step():
+        for out in engine.step().outputs:
             got.setdefault(out.request_id, []).extend(out.token_ids)
     assert got == alone
 
 
-def test_joining_request_does_not_wait(tiny: BaseModel) -> None:
+def test_joining_request_does_not_wait(tiny: FrozenModel) -> None:
     """Step counting: a request added while a long one decodes is prefilled at the very next step
     and finishes long before the long one."""
     engine = Engine(tiny)
@@ -123,7 +123,7 @@ def test_joining_request_does_not_wait(tiny: BaseModel) -> None:
     engine.add_request(short)
     finished: dict[str, int] = {}
     while engine.has_work():
-        for out in engine.step():
+        for out in engine.step().outputs:
             if out.finish_reason is not None:
                 finished[out.request_id] = engine.steps
     record = next(r for r in engine.history if r.step == joined_at)
@@ -134,7 +134,7 @@ def test_joining_request_does_not_wait(tiny: BaseModel) -> None:
     assert all("long" in r.decoded for r in engine.history if 1 < r.step <= 40)
 
 
-def test_finished_rows_leave_at_once(tiny: BaseModel) -> None:
+def test_finished_rows_leave_at_once(tiny: FrozenModel) -> None:
     engine = Engine(tiny)
     ids = tuple(tiny.tokenizer("Hello")["input_ids"])
     for n in (2, 5, 9):
@@ -150,7 +150,7 @@ def test_finished_rows_leave_at_once(tiny: BaseModel) -> None:
     assert running == [3, 2, 2, 2, 1, 1, 1, 1, 0]
 
 
-def test_abort_frees_row(tiny: BaseModel) -> None:
+def test_abort_frees_row(tiny: FrozenModel) -> None:
     engine = Engine(tiny)
     ids = tuple(tiny.tokenizer("Hello")["input_ids"])
     engine.add_request(
@@ -161,7 +161,7 @@ def test_abort_frees_row(tiny: BaseModel) -> None:
     )
     engine.step()
     engine.abort("a")
-    outs = engine.step()
+    outs = engine.step().outputs
     assert [(o.request_id, o.finish_reason) for o in outs if o.finish_reason] == [
         ("a", FinishReason.ABORT)
     ]

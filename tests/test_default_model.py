@@ -13,7 +13,7 @@ import torch
 
 from app.api.app import create_app
 from app.engine import Engine, GenerationRequest, SamplingParams
-from app.model import BaseModel, load_base_model
+from app.model import FrozenModel, load_base_model
 from app.model.loader import DEFAULT_MODEL_ID, locate_default_gguf
 from app.settings import Settings
 from tests.conftest import run_to_completion, text_of
@@ -24,12 +24,12 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def real() -> BaseModel:
+def real() -> FrozenModel:
     # The same cache folder `make serve` uses: converted once, reused by every later start.
     return load_base_model("default", cache_dir=Settings().cache_dir)
 
 
-def test_shape_and_frozen(real: BaseModel) -> None:
+def test_shape_and_frozen(real: FrozenModel) -> None:
     spec = real.spec
     assert spec.model_id == DEFAULT_MODEL_ID
     assert (spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads) == (30, 576, 9, 3)
@@ -37,13 +37,13 @@ def test_shape_and_frozen(real: BaseModel) -> None:
     assert not real.model.training and real.dtype == torch.float32
 
 
-def test_conversion_is_cached(real: BaseModel) -> None:
+def test_conversion_is_cached(real: FrozenModel) -> None:
     gguf = locate_default_gguf()
     cached = list(Settings().cache_dir.glob(f"{gguf.stem}-*"))
     assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
 
 
-def test_answers_capital_of_france(real: BaseModel) -> None:
+def test_answers_capital_of_france(real: FrozenModel) -> None:
     text = real.tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
     ids = tuple(real.tokenizer(text, add_special_tokens=False)["input_ids"])
     request = GenerationRequest("q", ids, SamplingParams(max_tokens=30, temperature=0.0))
@@ -52,7 +52,7 @@ def test_answers_capital_of_france(real: BaseModel) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_server(real: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def real_server(real: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = Settings(prompts=Path(tmp_path_factory.mktemp("prompts")))
     with live(create_app(settings, base=real)) as srv:
         yield srv.url
@@ -69,7 +69,7 @@ def test_openai_client_against_real_model(real_server: str) -> None:
 SHIPPED = Path(__file__).resolve().parents[1] / "prompts"
 
 
-def test_shipped_prompts_are_served(real: BaseModel, tmp_path: Path) -> None:
+def test_shipped_prompts_are_served(real: FrozenModel, tmp_path: Path) -> None:
     # A copy, so the server's watcher never touches the repository's folder.
     prompts = tmp_path / "prompts"
     shutil.copytree(SHIPPED, prompts)

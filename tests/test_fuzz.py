@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.api.app import create_app
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.settings import Settings
 from tests.conftest import write_adapter
 from tests.live import live
@@ -22,7 +22,7 @@ from tests.live import live
 
 @pytest.fixture(scope="module")
 def api(
-    tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory
+    tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[schemathesis.BaseSchema]:
     prompts = tmp_path_factory.mktemp("prompts")
     write_adapter(tiny, prompts, "pt", "prompt", seed=3)

@@ -14,7 +14,7 @@ import pytest
 
 from app.api.app import create_app
 from app.engine import Engine, GenerationRequest, SamplingParams
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.registry import Limits, PromptFiles, build_entry
 from app.settings import Settings
 from tests.conftest import run_to_completion, text_of, write_adapter
@@ -32,7 +32,7 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module")
-def variants(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Files]:
+def variants(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Files]:
     root = tmp_path_factory.mktemp("variants")
     return {
         name: good_files(write_adapter(tiny, root, name, kind, num_virtual_tokens=5, seed=100 + i))
@@ -41,7 +41,7 @@ def variants(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 @pytest.fixture(scope="module")
-def expected(tiny: BaseModel, variants: dict[str, Files]) -> dict[str, str]:
+def expected(tiny: FrozenModel, variants: dict[str, Files]) -> dict[str, str]:
     """sha256[:12] of each variant's tensor -> its greedy answer, computed alone."""
     ids = tuple(tiny.tokenizer(PROMPT)["input_ids"])
     answers = {}
@@ -66,7 +66,7 @@ def expected(tiny: BaseModel, variants: dict[str, Files]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = Settings(
         prompts=tmp_path_factory.mktemp("registry"),
         max_upload_bytes=256 * 1024,
@@ -238,10 +238,10 @@ def test_storm(server: LiveServer, variants: dict[str, Files], expected: dict[st
     assert failures == []
     assert counts["ok"] > 100, counts
     engine = server.services.engine
-    assert engine.num_running == 0 and server.services.scheduler.in_flight == 0
+    assert engine.num_running == 0 and server.services.bridge.in_flight == 0
 
 
-def test_admin_key(tiny: BaseModel, variants: dict[str, Files], tmp_path: Path) -> None:
+def test_admin_key(tiny: FrozenModel, variants: dict[str, Files], tmp_path: Path) -> None:
     settings = Settings(prompts=tmp_path, api_key="infer", admin_key="admin")
     with live(create_app(settings, base=tiny)) as srv:
         files = {k: (k, v) for k, v in variants["v-prompt"].items()}

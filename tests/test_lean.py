@@ -12,7 +12,7 @@ from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from app.engine.engine import Backend
 from app.engine.lean import LeanUnsupported
 from app.engine.runner import HFRunner, LeanRunner
-from app.model import BaseModel, Quantize
+from app.model import FrozenModel, Quantize
 from app.model.loader import freeze
 from tests.conftest import run_to_completion, tokens_of
 from tests.tiny import TINY_MODEL_ID
@@ -30,12 +30,12 @@ PROMPTS = [
 NEW_TOKENS = 10
 
 
-def _in_dtype(tiny: BaseModel, dtype: torch.dtype) -> BaseModel:
+def _in_dtype(tiny: FrozenModel, dtype: torch.dtype) -> FrozenModel:
     model = copy.deepcopy(tiny.model).to(dtype)
     return freeze(model, tiny.tokenizer, TINY_MODEL_ID, tiny.device)
 
 
-def _greedy(base: BaseModel, config: EngineConfig) -> dict[str, list[int]]:
+def _greedy(base: FrozenModel, config: EngineConfig) -> dict[str, list[int]]:
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
     requests = [
         GenerationRequest(f"r{i}", tuple(base.tokenizer(p)["input_ids"]), params)
@@ -55,7 +55,7 @@ def _agreement(a: dict[str, list[int]], b: dict[str, list[int]]) -> float:
     return same / sum(len(t) for t in a.values())
 
 
-def test_bf16_agrees_with_hf_bf16(tiny: BaseModel) -> None:
+def test_bf16_agrees_with_hf_bf16(tiny: FrozenModel) -> None:
     """The reference in the same dtype: greedy tokens agree on >= 95% (rounding of a different
     operation order may flip a near-tie; on this tiny random model fp32 vs HF bf16 is ~80%)."""
     base = _in_dtype(tiny, torch.bfloat16)
@@ -64,7 +64,7 @@ def test_bf16_agrees_with_hf_bf16(tiny: BaseModel) -> None:
 
 
 @pytest.mark.parametrize("int8_max_tokens", [1 << 30, 2], ids=["int8", "int8-hybrid"])
-def test_int8_agreement_with_fp32(tiny: BaseModel, int8_max_tokens: int) -> None:
+def test_int8_agreement_with_fp32(tiny: FrozenModel, int8_max_tokens: int) -> None:
     """Stated tolerance: int8 weights keep greedy agreement with fp32 within 0.2 of what bf16
     alone keeps (the real model's figures are in the README)."""
     reference = _greedy(tiny, EngineConfig(backend=Backend.HF))
@@ -74,7 +74,7 @@ def test_int8_agreement_with_fp32(tiny: BaseModel, int8_max_tokens: int) -> None
     assert _agreement(reference, _greedy(base, config)) >= bf16 - 0.2
 
 
-def test_int8_weights_are_used(tiny: BaseModel) -> None:
+def test_int8_weights_are_used(tiny: FrozenModel) -> None:
     """Not a silent bf16 run: int8 logits differ from bf16 ones, and only in int8 steps."""
     base = _in_dtype(tiny, torch.bfloat16)
     int8 = Engine(base, EngineConfig(quantize=Quantize.INT8, int8_max_tokens=4)).runner
@@ -87,12 +87,12 @@ def test_int8_weights_are_used(tiny: BaseModel) -> None:
     assert only_int8.model.layers[0].qkv.weight is None  # never used: not kept
 
 
-def test_int8_needs_bf16(tiny: BaseModel) -> None:
+def test_int8_needs_bf16(tiny: FrozenModel) -> None:
     with pytest.raises(LeanUnsupported, match="bfloat16"):
         Engine(tiny, EngineConfig(quantize=Quantize.INT8))
 
 
-def test_other_architectures_fall_back_to_hf(tiny: BaseModel) -> None:
+def test_other_architectures_fall_back_to_hf(tiny: FrozenModel) -> None:
     model = copy.deepcopy(tiny.model)
     model.config.hidden_act = "gelu"  # outside what the lean forward implements
     base = freeze(model, tiny.tokenizer, TINY_MODEL_ID, tiny.device)
@@ -101,7 +101,7 @@ def test_other_architectures_fall_back_to_hf(tiny: BaseModel) -> None:
         Engine(base, EngineConfig(backend=Backend.LEAN))
 
 
-def test_slots_are_reused_and_cache_grows(tiny: BaseModel) -> None:
+def test_slots_are_reused_and_cache_grows(tiny: FrozenModel) -> None:
     """Rows leave and join without moving others; a long row doubles the column capacity."""
     engine = Engine(tiny, EngineConfig(max_batch_size=2))
     runner = engine.runner

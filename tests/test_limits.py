@@ -12,7 +12,7 @@ from app.engine import (
     RequestError,
     SamplingParams,
 )
-from app.model import BaseModel, SoftPrompt, SoftPromptKind
+from app.model import FrozenModel, PromptKind, SoftPrompt
 
 
 def _req(
@@ -21,10 +21,10 @@ def _req(
     return GenerationRequest(rid, ids, SamplingParams(**kw), soft)  # type: ignore[arg-type]
 
 
-def test_context_overflow_names_the_numbers(tiny: BaseModel) -> None:
+def test_context_overflow_names_the_numbers(tiny: FrozenModel) -> None:
     import torch
 
-    soft = SoftPrompt("t@1", SoftPromptKind.EMBEDDINGS, torch.zeros(12, tiny.spec.hidden_size))
+    soft = SoftPrompt("t@1", PromptKind.PROMPT_TUNING, torch.zeros(12, tiny.spec.hidden_size))
     engine = Engine(tiny)
     with pytest.raises(RequestError) as err:
         engine.add_request(_req("r", (5,) * 100, soft, max_tokens=401))
@@ -37,7 +37,7 @@ def test_context_overflow_names_the_numbers(tiny: BaseModel) -> None:
     assert engine.num_waiting == 1
 
 
-def test_configured_context_is_capped_by_model(tiny: BaseModel) -> None:
+def test_configured_context_is_capped_by_model(tiny: FrozenModel) -> None:
     assert Engine(tiny, EngineConfig(max_context=10_000)).max_context == tiny.spec.max_context
     assert Engine(tiny, EngineConfig(max_context=64)).max_context == 64
 
@@ -56,7 +56,7 @@ def test_configured_context_is_capped_by_model(tiny: BaseModel) -> None:
     ],
 )
 def test_bad_requests_rejected(
-    tiny: BaseModel, ids: tuple[int, ...], kw: dict[str, object], param: str
+    tiny: FrozenModel, ids: tuple[int, ...], kw: dict[str, object], param: str
 ) -> None:
     engine = Engine(tiny)
     with pytest.raises(RequestError) as err:
@@ -65,7 +65,7 @@ def test_bad_requests_rejected(
     assert engine.num_waiting == 0
 
 
-def test_waiting_queue_cap(tiny: BaseModel) -> None:
+def test_waiting_queue_cap(tiny: FrozenModel) -> None:
     engine = Engine(tiny, EngineConfig(max_batch_size=2, max_waiting=3))
     for i in range(3):
         engine.add_request(_req(f"r{i}", (1, 2), ignore_eos=True))

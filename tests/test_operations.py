@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.app import create_app
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.settings import Settings
 from tests.conftest import write_adapter
 from tests.live import LiveServer, free_port, live, wait_until
@@ -35,7 +35,7 @@ BODY = {
 
 
 @pytest.fixture(scope="module")
-def server(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     prompts = tmp_path_factory.mktemp("prompts")
     write_adapter(tiny, prompts, "pt", "prompt", seed=3)
     settings = Settings(prompts=prompts, max_requests=4, max_queued_tokens=4000, health_stall_s=0.5)
@@ -44,8 +44,8 @@ def server(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def test_overload_gets_429_at_once_and_admitted_ones_complete(server: LiveServer) -> None:
-    scheduler = server.services.scheduler
-    scheduler.pause()  # admitted requests stay in flight: the cap is reached for sure
+    bridge = server.services.bridge
+    bridge.pause()  # admitted requests stay in flight: the cap is reached for sure
 
     async def burst() -> tuple[list[httpx.Response], list[float]]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
@@ -62,13 +62,13 @@ def test_overload_gets_429_at_once_and_admitted_ones_complete(server: LiveServer
                 rejected_times.append(time.perf_counter() - t)
                 assert r.status_code == 429 and r.headers["retry-after"] == "1"
                 assert r.json()["error"]["type"] == "rate_limit_error"
-            scheduler.resume()
+            bridge.resume()
             return [await a for a in admitted], rejected_times
 
     try:
         done, times = asyncio.run(burst())
     finally:
-        scheduler.resume()
+        bridge.resume()
     assert [r.status_code for r in done] == [200] * 4
     assert all(len(r.json()["choices"][0]["text"]) > 0 for r in done)
     assert max(times) < 1.0  # refused at once, not after queueing
@@ -84,8 +84,8 @@ def test_queued_token_cap(server: LiveServer) -> None:
 
 
 def test_deadline_while_waiting(server: LiveServer) -> None:
-    engine, scheduler = server.services.engine, server.services.scheduler
-    scheduler.pause()
+    engine, bridge = server.services.engine, server.services.bridge
+    bridge.pause()
     try:
 
         async def run() -> httpx.Response:
@@ -94,38 +94,38 @@ def test_deadline_while_waiting(server: LiveServer) -> None:
                     http.post("/v1/completions", json={**BODY, "timeout": 0.3})
                 )
                 await asyncio.sleep(0.6)
-                scheduler.resume()
+                bridge.resume()
                 return await pending
 
         r = asyncio.run(run())
     finally:
-        scheduler.resume()
+        bridge.resume()
     assert r.status_code == 408 and r.json()["error"]["code"] == "timeout"
-    assert wait_until(lambda: engine.num_running == 0 and scheduler.in_flight == 0)
+    assert wait_until(lambda: engine.num_running == 0 and bridge.in_flight == 0)
 
 
 def test_deadline_while_running_frees_the_row(server: LiveServer) -> None:
-    engine, scheduler = server.services.engine, server.services.scheduler
+    engine, bridge = server.services.engine, server.services.bridge
     body = {**BODY, "max_tokens": 400, "stream": True, "timeout": 0.5}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(line for line in lines if line).startswith("data: {")
-        scheduler.pause()  # the row is running; hold it past its deadline
+        bridge.pause()  # the row is running; hold it past its deadline
         time.sleep(0.7)
-        scheduler.resume()
+        bridge.resume()
         rest = [line for line in lines if line]
     errors = [
         json.loads(line[6:]) for line in rest if line.startswith("data: {") and '"error"' in line
     ]
     assert errors and errors[0]["error"]["code"] == "timeout"
     assert rest[-1] == "data: [DONE]"
-    assert wait_until(lambda: engine.num_running == 0 and scheduler.in_flight == 0)
+    assert wait_until(lambda: engine.num_running == 0 and bridge.in_flight == 0)
 
 
 def test_health_reports_a_stalled_loop_and_recovery(server: LiveServer) -> None:
     assert httpx.get(f"{server.url}/health").status_code == 200
-    scheduler = server.services.scheduler
-    scheduler.pause()
+    bridge = server.services.bridge
+    bridge.pause()
     try:
         t = time.monotonic()
         assert wait_until(lambda: httpx.get(f"{server.url}/health").status_code == 503, timeout=5)
@@ -133,7 +133,7 @@ def test_health_reports_a_stalled_loop_and_recovery(server: LiveServer) -> None:
         body = httpx.get(f"{server.url}/health").json()
         assert body["status"] == "unhealthy" and "no progress" in body["detail"]
     finally:
-        scheduler.resume()
+        bridge.resume()
     assert wait_until(lambda: httpx.get(f"{server.url}/health").status_code == 200, timeout=5)
 
 
@@ -216,7 +216,7 @@ def test_one_structured_log_line_per_request(
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_folder(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny(tiny, tmp_path_factory.mktemp("tiny-model"))
 
 
@@ -337,4 +337,4 @@ def test_a_failing_step_fails_its_requests_but_not_the_server(
     assert r.status_code == 503 and "injected failure" in r.json()["error"]["message"]
     assert httpx.get(f"{server.url}/health").status_code == 200  # the loop lives on
     assert httpx.post(f"{server.url}/v1/completions", json=BODY).status_code == 200
-    assert engine.num_running == 0 and server.services.scheduler.in_flight == 0
+    assert engine.num_running == 0 and server.services.bridge.in_flight == 0

@@ -21,7 +21,7 @@ from app.engine import kv as kvops
 from app.engine.engine import Backend
 from app.engine.forward import decode_step, prefill
 from app.engine.runner import LeanRunner
-from app.model import BaseModel, SoftPrompt
+from app.model import FrozenModel, SoftPrompt
 from app.registry import Registry
 from tests.conftest import KINDS, MakeAdapter, run_to_completion, tokens_of
 
@@ -29,7 +29,7 @@ PROMPT = "What is the capital of France?"
 NEW_TOKENS = 12
 
 
-def _reference(tiny: BaseModel, folder: Path, ids: list[int]) -> tuple[list[int], torch.Tensor]:
+def _reference(tiny: FrozenModel, folder: Path, ids: list[int]) -> tuple[list[int], torch.Tensor]:
     peft_model = PeftModel.from_pretrained(tiny.model, str(folder))
     out = peft_model.generate(
         input_ids=torch.tensor([ids]),
@@ -44,7 +44,7 @@ def _reference(tiny: BaseModel, folder: Path, ids: list[int]) -> tuple[list[int]
 
 
 def _engine_logits(
-    tiny: BaseModel, soft_prompt: SoftPrompt, ids: list[int], tokens: list[int]
+    tiny: FrozenModel, soft_prompt: SoftPrompt, ids: list[int], tokens: list[int]
 ) -> torch.Tensor:
     """Teacher-force the reference's tokens through prefill + decode_step; logits per step."""
     spec = tiny.spec
@@ -68,7 +68,7 @@ def _engine_logits(
 
 
 def _lean_logits(
-    tiny: BaseModel, soft_prompt: SoftPrompt, ids: list[int], tokens: list[int], chunk: int
+    tiny: FrozenModel, soft_prompt: SoftPrompt, ids: list[int], tokens: list[int], chunk: int
 ) -> torch.Tensor:
     """The same through the lean forward and its slot cache, the prompt in chunks of `chunk`."""
     model = lean.build(tiny.model, dtype=torch.float32, max_positions=tiny.spec.max_context)
@@ -95,7 +95,7 @@ def _lean_logits(
 @pytest.mark.parametrize("backend", [Backend.LEAN, Backend.HF])
 @pytest.mark.parametrize("kind", KINDS)
 def test_engine_matches_peft(
-    kind: str, backend: Backend, tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path
+    kind: str, backend: Backend, tiny: FrozenModel, make_adapter: MakeAdapter, tmp_path: Path
 ) -> None:
     folder = make_adapter(tmp_path, f"task-{kind}", kind, num_virtual_tokens=7)
     registry = Registry(tmp_path, tiny.spec)
@@ -128,7 +128,7 @@ def test_engine_matches_peft(
 
 
 @pytest.mark.parametrize("backend", [Backend.LEAN, Backend.HF])
-def test_bare_model_matches_generate(tiny: BaseModel, backend: Backend) -> None:
+def test_bare_model_matches_generate(tiny: FrozenModel, backend: Backend) -> None:
     ids = tiny.tokenizer(PROMPT)["input_ids"]
     ref = tiny.model.generate(
         input_ids=torch.tensor([ids]),
@@ -145,7 +145,7 @@ def test_bare_model_matches_generate(tiny: BaseModel, backend: Backend) -> None:
 
 
 def test_adapters_differ_from_bare_model(
-    tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path
+    tiny: FrozenModel, make_adapter: MakeAdapter, tmp_path: Path
 ) -> None:
     """Guard against a parity test that passes because the soft prompt is ignored."""
     for kind in KINDS:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from app.model import BaseModel, SoftPromptKind
+from app.model import FrozenModel
 from app.registry import PromptKind, Registry, validate_task_name
 from app.registry.errors import InvalidTaskName
 from tests.conftest import KINDS, MakeAdapter
@@ -21,7 +21,7 @@ CONFIG = "adapter_config.json"
 TENSOR = "adapter_model.safetensors"
 
 
-def test_loads_every_kind(tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path) -> None:
+def test_loads_every_kind(tiny: FrozenModel, make_adapter: MakeAdapter, tmp_path: Path) -> None:
     for kind in KINDS:
         make_adapter(tmp_path, f"t-{kind}", kind, num_virtual_tokens=6)
     (tmp_path / "t-prompt" / "task.json").write_text(
@@ -44,7 +44,7 @@ def test_loads_every_kind(tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: 
         "t-prefix": PromptKind.PREFIX_TUNING,
     }
     prefix = reg.get("t-prefix")
-    assert prefix.soft_prompt.kind is SoftPromptKind.KEY_VALUES
+    assert prefix.soft_prompt.kind is PromptKind.PREFIX_TUNING
     # GQA: PEFT stores num_key_value_heads * head_dim per layer half, not hidden_size.
     assert prefix.soft_prompt.table.shape == (
         6,
@@ -138,7 +138,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_invalid_entry_is_skipped_and_reported(
     case: str,
-    tiny: BaseModel,
+    tiny: FrozenModel,
     make_adapter: MakeAdapter,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -157,7 +157,7 @@ def test_invalid_entry_is_skipped_and_reported(
 
 
 def test_bad_folder_names_are_skipped(
-    tiny: BaseModel, make_adapter: MakeAdapter, tmp_path: Path
+    tiny: FrozenModel, make_adapter: MakeAdapter, tmp_path: Path
 ) -> None:
     make_adapter(tmp_path, "Upper-Case", "prompt")
     make_adapter(tmp_path, ".staging-x", "prompt")  # in-flight writes are not entries

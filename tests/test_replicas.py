@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.registry import PromptFiles, Registry
 from tests.conftest import write_adapter
 from tests.hostile import good_files
@@ -63,12 +63,12 @@ class Process:
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_folder(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny(tiny, tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def adapters(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("adapters")
     write_adapter(tiny, root, "one", "prompt", seed=5)
     write_adapter(tiny, root, "two", "prefix", seed=6)
@@ -163,7 +163,7 @@ else:
     ],
 )
 def test_crash_mid_write(
-    tiny: BaseModel, adapters: Path, tmp_path: Path, op: str, step: str, survivor: str | None
+    tiny: FrozenModel, adapters: Path, tmp_path: Path, op: str, step: str, survivor: str | None
 ) -> None:
     import dataclasses
     import json

@@ -10,16 +10,16 @@ import torch
 from app.engine import Engine, FinishReason, GenerationRequest, SamplingParams
 from app.engine.sampling import _filter
 from app.engine.text import TextStream
-from app.model import BaseModel
+from app.model import FrozenModel
 from tests.conftest import run_to_completion, text_of, tokens_of
 from tests.tiny import tiny_base
 
 
-def _req(tiny: BaseModel, rid: str, prompt: str = "Hello", **kw: object) -> GenerationRequest:
+def _req(tiny: FrozenModel, rid: str, prompt: str = "Hello", **kw: object) -> GenerationRequest:
     return GenerationRequest(rid, tuple(tiny.tokenizer(prompt)["input_ids"]), SamplingParams(**kw))  # type: ignore[arg-type]
 
 
-def test_seeded_sampling_reproducible_alone_and_in_batch(tiny: BaseModel) -> None:
+def test_seeded_sampling_reproducible_alone_and_in_batch(tiny: FrozenModel) -> None:
     kw = dict(max_tokens=20, temperature=1.0, top_p=0.95, top_k=50, seed=1234, ignore_eos=True)
     first = tokens_of(run_to_completion(Engine(tiny), _req(tiny, "s", **kw))["s"])
     again = tokens_of(run_to_completion(Engine(tiny), _req(tiny, "s", **kw))["s"])
@@ -35,7 +35,7 @@ def test_seeded_sampling_reproducible_alone_and_in_batch(tiny: BaseModel) -> Non
     assert other_seed != first
 
 
-def test_top_k_one_is_greedy(tiny: BaseModel) -> None:
+def test_top_k_one_is_greedy(tiny: FrozenModel) -> None:
     greedy = tokens_of(
         run_to_completion(
             Engine(tiny), _req(tiny, "g", max_tokens=10, temperature=0.0, ignore_eos=True)
@@ -63,7 +63,7 @@ def test_filter_top_k_and_top_p() -> None:
     assert kept.tolist() == [True, False, False, False]  # even below float32's range
 
 
-def test_stop_string_cuts_exactly(tiny: BaseModel) -> None:
+def test_stop_string_cuts_exactly(tiny: FrozenModel) -> None:
     full = text_of(
         run_to_completion(
             Engine(tiny), _req(tiny, "f", max_tokens=30, temperature=0.0, ignore_eos=True)
@@ -126,7 +126,7 @@ def test_eos_finishes_with_stop() -> None:
     assert "<|im_end|>" not in text_of(outs)
 
 
-def test_max_tokens_finishes_with_length(tiny: BaseModel) -> None:
+def test_max_tokens_finishes_with_length(tiny: FrozenModel) -> None:
     outs = run_to_completion(
         Engine(tiny), _req(tiny, "m", max_tokens=4, temperature=0.0, ignore_eos=True)
     )["m"]
@@ -136,7 +136,7 @@ def test_max_tokens_finishes_with_length(tiny: BaseModel) -> None:
     )
 
 
-def test_logprobs_match_model_distribution(tiny: BaseModel) -> None:
+def test_logprobs_match_model_distribution(tiny: FrozenModel) -> None:
     ids = tiny.tokenizer("Hello")["input_ids"]
     outs = run_to_completion(
         Engine(tiny), _req(tiny, "l", max_tokens=3, temperature=0.0, logprobs=5, ignore_eos=True)
@@ -151,7 +151,7 @@ def test_logprobs_match_model_distribution(tiny: BaseModel) -> None:
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.3])
-def test_sampled_tokens_come_from_top_k(tiny: BaseModel, temperature: float) -> None:
+def test_sampled_tokens_come_from_top_k(tiny: FrozenModel, temperature: float) -> None:
     outs = run_to_completion(
         Engine(tiny),
         _req(
@@ -171,7 +171,7 @@ def test_sampled_tokens_come_from_top_k(tiny: BaseModel, temperature: float) -> 
 
 
 @pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-6])
-def test_tiny_temperature_is_greedy_not_nan(tiny: BaseModel, temperature: float) -> None:
+def test_tiny_temperature_is_greedy_not_nan(tiny: FrozenModel, temperature: float) -> None:
     greedy = tokens_of(
         run_to_completion(
             Engine(tiny), _req(tiny, "g", max_tokens=8, temperature=0.0, ignore_eos=True)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from peft import PeftModel
 
-from app.model import BaseModel
+from app.model import FrozenModel, PromptKind
 from app.registry.store import Registry
-from app.train.adapters import PromptInit, TrainKind, inference_model
+from app.train.adapters import PromptInit, inference_model
 from app.train.data import ChatExample, ChatMessage, TextExample
 from app.train.evaluate import Subject, classify, generate_and_score
 from app.train.save import LOSS_PLOT, TaskInfo, save_prompt
@@ -34,7 +34,7 @@ LRS = {"prompt": 3e-2, "p-tuning": 3e-3, "prefix": 3e-2}
 
 def quick_config(kind: str, **overrides: object) -> TrainConfig:
     fields: dict[str, object] = {
-        "kind": TrainKind(kind),
+        "kind": PromptKind.parse(kind),
         "template": TEMPLATE,
         "virtual_tokens": 4,
         "init": PromptInit.parse(INITS[kind]),
@@ -49,7 +49,7 @@ def quick_config(kind: str, **overrides: object) -> TrainConfig:
 
 
 @pytest.mark.parametrize("kind", ["prompt", "p-tuning", "prefix"])
-def test_training_lowers_the_validation_loss(tiny: BaseModel, kind: str) -> None:
+def test_training_lowers_the_validation_loss(tiny: FrozenModel, kind: str) -> None:
     frozen = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
     report = train(tiny, toy_examples(), quick_config(kind)).report
     assert report.initial_val_loss is not None and report.best.val_loss is not None
@@ -60,7 +60,7 @@ def test_training_lowers_the_validation_loss(tiny: BaseModel, kind: str) -> None
         assert torch.equal(p, frozen[name]), name
 
 
-def test_chat_loss_is_taken_on_assistant_turns_only(tiny: BaseModel) -> None:
+def test_chat_loss_is_taken_on_assistant_turns_only(tiny: FrozenModel) -> None:
     from app.train.encode import encode_chat
 
     chat = ChatExample(
@@ -78,7 +78,7 @@ def test_chat_loss_is_taken_on_assistant_turns_only(tiny: BaseModel) -> None:
     assert text == "yo<|im_end|>\nsure<|im_end|>\n"
 
 
-def test_early_stopping_keeps_the_best_checkpoint(tiny: BaseModel) -> None:
+def test_early_stopping_keeps_the_best_checkpoint(tiny: FrozenModel) -> None:
     # Random answers: once the yes/no prior is learnt, validation can only get worse.
     rng = random.Random(1)
     noise = [TextExample(e.input, rng.choice(["yes", "no"])) for e in toy_examples()]
@@ -91,13 +91,13 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny: BaseModel) -> None:
     assert report.best.step < report.history[-1].step
 
 
-def test_steps_win_over_epochs(tiny: BaseModel) -> None:
+def test_steps_win_over_epochs(tiny: FrozenModel) -> None:
     # 8 training rows in one batch: an epoch is one step, so 5 steps means 5 passes.
     trained = train(tiny, toy_examples(40), quick_config("prompt", epochs=1, max_steps=5))
     assert trained.report.steps == 5 and trained.report.train_examples == 8
 
 
-def test_saved_folder_loads_in_peft_and_in_the_registry(tiny: BaseModel, tmp_path: Path) -> None:
+def test_saved_folder_loads_in_peft_and_in_the_registry(tiny: FrozenModel, tmp_path: Path) -> None:
     for kind in ("prompt", "p-tuning", "prefix"):
         trained = train(tiny, toy_examples(40), quick_config(kind, epochs=1))
         info = TaskInfo(description="toy", template=TEMPLATE, labels=("yes", "no"))
@@ -143,7 +143,7 @@ def _hand_logprob(model: torch.nn.Module, prompt: list[int], answer: list[int]) 
 @pytest.mark.parametrize("with_prompt", [False, True])
 @pytest.mark.parametrize("labels", [("yes", "no"), ("y", "n")])  # 3 tokens each / 1 token each
 def test_classification_matches_a_hand_computation(
-    tiny: BaseModel,
+    tiny: FrozenModel,
     make_adapter: object,
     tmp_path: Path,
     with_prompt: bool,
@@ -177,7 +177,7 @@ def test_classification_matches_a_hand_computation(
 
 
 @pytest.fixture(scope="module")
-def trained_toy(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_toy(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trained")
     config = quick_config("prompt", virtual_tokens=8, epochs=12)
     trained = train(tiny, toy_examples(), config)
@@ -186,7 +186,7 @@ def trained_toy(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_exact_match_and_token_loss_match_a_hand_computation(
-    tiny: BaseModel, trained_toy: Path
+    tiny: FrozenModel, trained_toy: Path
 ) -> None:
     registry = Registry(trained_toy, tiny.spec)
     registry.load_all()

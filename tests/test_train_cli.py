@@ -12,7 +12,7 @@ import pytest
 
 from app.api.app import create_app
 from app.cli.main import main
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.settings import Settings
 from app.train.data import Columns, DataError, load_examples, parse_label_map
 from tests.live import LiveServer, live
@@ -89,12 +89,12 @@ def test_bad_options_fail_before_the_model_loads(
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny(tiny, tmp_path_factory.mktemp("model") / "tiny-llama")
 
 
 @pytest.fixture(scope="module")
-def server(tiny: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(tiny: FrozenModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = Settings(prompts=tmp_path_factory.mktemp("served"), registry_poll_s=0.1)
     with live(create_app(settings, base=tiny)) as srv:
         yield srv

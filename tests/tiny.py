@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.model.loader import freeze
 
 TINY_MODEL_ID = "tiny-llama"
@@ -66,14 +66,14 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
     )
 
 
-def tiny_base(seed: int = 0) -> BaseModel:
+def tiny_base(seed: int = 0) -> FrozenModel:
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_config(tokenizer)).to(torch.float32)
     return freeze(model, tokenizer, TINY_MODEL_ID, torch.device("cpu"))
 
 
-def save_tiny(base: BaseModel, folder: Path) -> Path:
+def save_tiny(base: FrozenModel, folder: Path) -> Path:
     """Write the tiny model as a Hugging Face folder (for `--model PATH` and server tests)."""
     base.model.save_pretrained(str(folder))
     base.tokenizer.save_pretrained(str(folder))

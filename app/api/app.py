@@ -11,7 +11,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.routes import chat, completions, health, metrics, models, prompts
 from app.api.state import Runtime, build_services
-from app.model import BaseModel, load_base_model
+from app.model import FrozenModel, load_base_model
 from app.settings import Settings
 from fastapi import FastAPI
 
@@ -20,7 +20,7 @@ from app import __version__
 log = logging.getLogger("softserve.api")
 
 
-async def _start(runtime: Runtime, base: BaseModel | None) -> None:
+async def _start(runtime: Runtime, base: FrozenModel | None) -> None:
     settings = runtime.settings
     try:
         if base is None:
@@ -38,7 +38,7 @@ async def _start(runtime: Runtime, base: BaseModel | None) -> None:
         runtime.load_error = f"start-up failed: {exc}"
 
 
-def create_app(settings: Settings, base: BaseModel | None = None) -> FastAPI:
+def create_app(settings: Settings, base: FrozenModel | None = None) -> FastAPI:
     """`base` lets tests inject an already-built model; otherwise the lifespan loads one,
     in a worker thread, while /health answers 503."""
     runtime = Runtime.create(settings)
@@ -52,7 +52,7 @@ def create_app(settings: Settings, base: BaseModel | None = None) -> FastAPI:
             await asyncio.shield(starting)
             if runtime.services is not None:
                 runtime.services.watcher.stop()
-                runtime.services.scheduler.stop()
+                runtime.services.bridge.stop()
 
     app = FastAPI(
         title="Softserve",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from app.bridge import BridgeStopped, Overloaded
+from app.engine import RequestError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -41,6 +43,31 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# What the layers below may raise while a request is served (RuntimeError: the engine failed).
+DOMAIN_ERRORS = (RequestError, RuntimeError)
+
+
+def domain_error(exc: RequestError | RuntimeError) -> ApiError:
+    """The one domain-error -> (status, code) table: JSON responses and SSE error events alike."""
+    if isinstance(exc, RequestError):
+        return ApiError(400, str(exc), param=exc.param, code="invalid_request")
+    if isinstance(exc, Overloaded):
+        return ApiError(
+            429, f"server overloaded: {exc}", code="overloaded", headers={"Retry-After": "1"}
+        )
+    if isinstance(exc, BridgeStopped):
+        return ApiError(503, str(exc), code="unavailable", headers={"Retry-After": "5"})
+    return ApiError(503, str(exc), code="engine_error", headers={"Retry-After": "5"})
+
+
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    """OpenAI's error shape; an SSE error event carries the same object."""
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error_response(
     status: int,
     message: str,
@@ -49,16 +76,7 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {
-        "error": {
-            "message": message,
-            "type": _TYPES.get(
-                status, "server_error" if status >= 500 else "invalid_request_error"
-            ),
-            "param": param,
-            "code": code,
-        }
-    }
+    body = error_body(status, message, param, code)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

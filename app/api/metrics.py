@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from app.engine import Engine, GenerationRequest
+from app.bridge import BridgeStats, EngineBridge
+from app.engine import GenerationRequest
 from app.registry import Registry
-from app.scheduler import Scheduler
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -36,26 +37,36 @@ class TaskLabels:
             return OTHER
 
 
+@dataclass(frozen=True)
+class LiveSources:
+    """Where scrapes read live state: the bridge's typed stats record and the registry."""
+
+    stats: Callable[[], BridgeStats]
+    registry: Registry
+
+
 class _LiveState(Collector):
-    def __init__(self, state: Callable[[], tuple[Engine, Scheduler, Registry] | None]) -> None:
+    def __init__(self, state: Callable[[], LiveSources | None]) -> None:
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
-        current = self._state()
-        if current is None:
+        sources = self._state()
+        if sources is None:
             return
-        engine, scheduler, registry = current
-        cache = engine.prefixes.stats()
+        stats, registry = sources.stats(), sources.registry
+        cache = stats.engine.prefix_cache
         yield GaugeMetricFamily(
-            "softserve_requests_running", "rows in the running batch", value=engine.num_running
+            "softserve_requests_running", "rows in the running batch", value=stats.engine.running
         )
         yield GaugeMetricFamily(
-            "softserve_requests_waiting", "requests queued for the engine", value=engine.num_waiting
+            "softserve_requests_waiting",
+            "requests queued for the engine",
+            value=stats.engine.waiting,
         )
         yield GaugeMetricFamily(
             "softserve_queued_tokens",
             "prompt + max_tokens not yet running",
-            value=scheduler.queued_tokens,
+            value=stats.queued_tokens,
         )
         yield CounterMetricFamily(
             "softserve_kv_prefix_cache_hits", "KV-prefix cache hits", value=cache.hits
@@ -87,7 +98,7 @@ class _LiveState(Collector):
 
 
 class Metrics:
-    """Implements the scheduler's observer protocol, plus per-request observations."""
+    """Implements the bridge's observer protocol, plus per-request observations."""
 
     def __init__(self, top_tasks: int = 20) -> None:
         self.registry = CollectorRegistry()
@@ -144,13 +155,13 @@ class Metrics:
         self.step = Histogram(
             "softserve_engine_step_seconds", "engine step duration", buckets=LATENCY, registry=r
         )
-        self._live: tuple[Engine, Scheduler, Registry] | None = None
+        self._live: LiveSources | None = None
         r.register(_LiveState(lambda: self._live))
 
-    def attach(self, engine: Engine, scheduler: Scheduler, registry: Registry) -> None:
-        self._live = (engine, scheduler, registry)
+    def attach(self, bridge: EngineBridge, registry: Registry) -> None:
+        self._live = LiveSources(stats=bridge.stats, registry=registry)
 
-    # SchedulerObserver
+    # BridgeObserver
     def on_step(self, batch_size: int, prefilled: int, seconds: float) -> None:
         self.batch.observe(batch_size)
         self.step.observe(seconds)

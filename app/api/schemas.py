@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from app.render import ChatMessage
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -53,7 +54,11 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessageBody(BaseModel):
+    """One message as OpenAI sends it; `app.render.ChatMessage` is what gets rendered."""
+
+    model_config = ConfigDict(title="ChatMessage")
+
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None
@@ -63,9 +68,12 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def to_message(self) -> ChatMessage:
+        return ChatMessage(role=self.role, content=self.text())
+
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessageBody] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)

@@ -7,20 +7,20 @@ from dataclasses import dataclass, field
 
 from app.api.metrics import Metrics
 from app.api.tracking import Gate
+from app.bridge import BridgeConfig, EngineBridge
 from app.engine import Backend, Engine, EngineConfig
-from app.model import BaseModel
+from app.model import FrozenModel
 from app.registry import Limits, Registry, RegistryWatcher
-from app.scheduler import Scheduler, SchedulerConfig
 from app.settings import Settings
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    base: BaseModel
+    base: FrozenModel
     registry: Registry
     engine: Engine
-    scheduler: Scheduler
+    bridge: EngineBridge
     watcher: RegistryWatcher
     started: float = field(default_factory=time.time)
 
@@ -41,7 +41,7 @@ class Runtime:
         return cls(settings=settings, metrics=metrics, gate=Gate(settings.max_requests, metrics))
 
 
-def build_services(settings: Settings, base: BaseModel, metrics: Metrics) -> Services:
+def build_services(settings: Settings, base: FrozenModel, metrics: Metrics) -> Services:
     limits = Limits(
         max_virtual_tokens=settings.max_virtual_tokens, max_tensor_bytes=settings.max_upload_bytes
     )
@@ -53,7 +53,6 @@ def build_services(settings: Settings, base: BaseModel, metrics: Metrics) -> Ser
         base,
         EngineConfig(
             max_batch_size=settings.max_batch_size,
-            max_waiting=settings.max_in_flight,
             kv_prefix_cache_mib=settings.kv_cache_mib,
             max_context=settings.max_context,
             backend=Backend(settings.backend),
@@ -62,20 +61,20 @@ def build_services(settings: Settings, base: BaseModel, metrics: Metrics) -> Ser
             prefill_chunk=settings.prefill_chunk,
         ),
     )
-    scheduler = Scheduler(
+    bridge = EngineBridge(
         engine,
-        SchedulerConfig(
+        BridgeConfig(
             max_in_flight=settings.max_in_flight, max_queued_tokens=settings.max_queued_tokens
         ),
         observer=metrics,
     )
-    scheduler.start()
-    metrics.attach(engine, scheduler, registry)
+    bridge.start()
+    metrics.attach(bridge, registry)
     return Services(
         settings=settings,
         base=base,
         registry=registry,
         engine=engine,
-        scheduler=scheduler,
+        bridge=bridge,
         watcher=watcher,
     )

@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 
 from app.api.errors import ApiError
 from app.api.metrics import Metrics
+from app.bridge import Overloaded
 from app.engine import RequestOutput
 
 access_log = logging.getLogger("softserve.requests")
 
 
 class Gate:
-    """Caps concurrent generation requests. A slot is taken before any tokenizing or prompt
-    lookup, so a burst past the cap costs almost nothing: 429 at once."""
+    """Caps concurrent generation requests (`max_requests`: HTTP requests, each of up to
+    max_n x prompts engine rows; the bridge caps the rows). A slot is taken before any
+    tokenizing or prompt lookup, so a burst past the cap costs almost nothing: 429 at once."""
 
     def __init__(self, capacity: int, metrics: Metrics) -> None:
         self.capacity = capacity
@@ -35,12 +37,9 @@ class Gate:
                 headers={"Retry-After": "5"},
             )
         if self.active >= self.capacity:
-            self._metrics.rejections.labels("max_requests").inc()
-            raise ApiError(
-                429,
-                f"server overloaded: {self.active} requests in progress (cap {self.capacity})",
-                code="overloaded",
-                headers={"Retry-After": "1"},
+            # The same 429 as the bridge's caps (`errors.domain_error`), counted where it is caught.
+            raise Overloaded(
+                f"{self.active} requests in progress (cap {self.capacity})", "max_requests"
             )
         self.active += 1
         return Slot(self)
@@ -77,6 +76,7 @@ class Tracker:
     def on_output(self, out: RequestOutput) -> None:
         if out.token_ids and self.first_token is None:
             self.first_token = time.monotonic()
+        self.completion_tokens += len(out.token_ids)
 
     def finish(self, status: int, reason: str | None = None) -> None:
         if self.finished:

@@ -34,7 +34,7 @@ def _add_serve(sub: Any) -> None:
 
 def build_settings(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
     """Flags given on the command line win over SOFTSERVE_* variables, which win over defaults."""
-    from app.settings import Settings  # imports torch: only for the commands that need it
+    from app.settings import Settings  # pydantic-settings: only for the commands that need it
 
     overrides = {
         name: getattr(args, name) for name in fields if getattr(args, name, None) is not None

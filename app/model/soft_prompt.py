@@ -7,16 +7,10 @@ Neither needs to know about the other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import torch
 
-
-class SoftPromptKind(StrEnum):
-    # Virtual-token embeddings [P, hidden]: run through the frozen model once to get K/V.
-    EMBEDDINGS = "embeddings"
-    # Per-layer K/V directly [P, layers * 2 * kv_heads * head_dim] (PEFT prefix tuning).
-    KEY_VALUES = "key_values"
+from app.model.kinds import PromptKind
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,7 +18,7 @@ class SoftPrompt:
     """An immutable soft prompt. `key` names one version of one task: KV prefixes are cached by it."""
 
     key: str
-    kind: SoftPromptKind
+    kind: PromptKind  # the engine needs only `kind.key_values`
     table: torch.Tensor = field(
         repr=False
     )  # [P, hidden] or [P, layers * 2 * kv_dim]; never mutated

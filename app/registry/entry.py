@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from app.model.kinds import PromptKind
 from app.model.soft_prompt import SoftPrompt
 from app.model.spec import ModelSpec
 from app.registry.names import validate_task_name
 from app.registry.peft_format import (
     Limits,
-    PromptKind,
     parse_adapter_config,
     read_prompt_table,
 )
@@ -60,9 +60,7 @@ def build_entry(
     table = read_prompt_table(files.adapter_model, config, spec, limits)
     meta = parse_task_meta(files.task)
     digest = hashlib.sha256(files.adapter_model).hexdigest()
-    soft_prompt = SoftPrompt(
-        key=f"{name}@{version}:{digest[:16]}", kind=config.kind.soft_prompt_kind, table=table
-    )
+    soft_prompt = SoftPrompt(key=f"{name}@{version}:{digest[:16]}", kind=config.kind, table=table)
     return PromptEntry(
         name=name,
         version=version,

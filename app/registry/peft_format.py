@@ -9,13 +9,12 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
 
-from app.model.soft_prompt import SoftPromptKind
+from app.model.kinds import PromptKind
 from app.model.spec import ModelSpec
 from app.registry.errors import InvalidPrompt
 
@@ -25,18 +24,6 @@ TASK_FILE = "task.json"
 TENSOR_KEY = "prompt_embeddings"
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-class PromptKind(StrEnum):
-    PROMPT_TUNING = "PROMPT_TUNING"
-    P_TUNING = "P_TUNING"
-    PREFIX_TUNING = "PREFIX_TUNING"
-
-    @property
-    def soft_prompt_kind(self) -> SoftPromptKind:
-        if self is PromptKind.PREFIX_TUNING:
-            return SoftPromptKind.KEY_VALUES
-        return SoftPromptKind.EMBEDDINGS
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 from app.registry.errors import InvalidPrompt
 from app.registry.peft_format import TASK_FILE
+from app.render import TaskStyle, apply_template
 
 MAX_TASK_BYTES = 64 * 1024
 _KEYS = {"description", "system_prompt", "template", "labels", "defaults", "info"}
@@ -33,8 +34,13 @@ class TaskMeta:
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     info: str = "{}"  # free-form JSON object (training figures ...), kept as canonical text
 
+    @property
+    def style(self) -> TaskStyle:
+        """What this task contributes to its prompts (rendered by `app.render`)."""
+        return TaskStyle(template=self.template, system_prompt=self.system_prompt)
+
     def apply_template(self, text: str) -> str:
-        return self.template.replace("{input}", text) if self.template else text
+        return apply_template(self.template, text)
 
 
 def _bad(reason: str) -> InvalidPrompt:

@@ -11,8 +11,9 @@ from enum import StrEnum
 from typing import Any
 
 import torch
-from app.model.loader import BaseModel
-from app.model.soft_prompt import SoftPrompt, SoftPromptKind
+from app.model.kinds import PromptKind
+from app.model.loader import FrozenModel
+from app.model.soft_prompt import SoftPrompt
 from peft import (
     PeftModel,
     PrefixTuningConfig,
@@ -23,12 +24,6 @@ from peft import (
 from peft.config import PeftConfig
 
 
-class TrainKind(StrEnum):
-    PROMPT = "prompt"
-    P_TUNING = "p-tuning"
-    PREFIX = "prefix"
-
-
 class InitKind(StrEnum):
     TEXT = "text"  # the embeddings (prompt) or key/values (prefix) of a text
     RANDOM = "random"
@@ -36,9 +31,9 @@ class InitKind(StrEnum):
 
 
 _INITS = {
-    TrainKind.PROMPT: (InitKind.TEXT, InitKind.RANDOM, InitKind.VOCAB),
-    TrainKind.P_TUNING: (InitKind.RANDOM,),  # the encoder MLP reshapes whatever it starts from
-    TrainKind.PREFIX: (InitKind.TEXT, InitKind.RANDOM),
+    PromptKind.PROMPT_TUNING: (InitKind.TEXT, InitKind.RANDOM, InitKind.VOCAB),
+    PromptKind.P_TUNING: (InitKind.RANDOM,),  # the encoder MLP reshapes whatever it starts from
+    PromptKind.PREFIX_TUNING: (InitKind.TEXT, InitKind.RANDOM),
 }
 
 
@@ -59,24 +54,26 @@ class PromptInit:
             raise ValueError(f'--init {value!r}: only text takes a value, as text:"..."')
         return cls(kind=kind, text=text or None)
 
-    def check(self, kind: TrainKind) -> None:
+    def check(self, kind: PromptKind) -> None:
         if self.kind not in _INITS[kind]:
             allowed = ", ".join(i.value for i in _INITS[kind])
             raise ValueError(
-                f"--init {self.kind.value} does not apply to --kind {kind}: use {allowed}"
+                f"--init {self.kind.value} does not apply to --kind {kind.cli_name}: use {allowed}"
             )
 
 
-def _config(base: BaseModel, kind: TrainKind, virtual_tokens: int, inference: bool) -> PeftConfig:
+def _config(
+    base: FrozenModel, kind: PromptKind, virtual_tokens: int, inference: bool
+) -> PeftConfig:
     spec = base.spec
     common: dict[str, Any] = {
         "task_type": "CAUSAL_LM",
         "num_virtual_tokens": virtual_tokens,
         "inference_mode": inference,
     }
-    if kind is TrainKind.PROMPT:
+    if kind is PromptKind.PROMPT_TUNING:
         return PromptTuningConfig(**common)
-    if kind is TrainKind.P_TUNING:
+    if kind is PromptKind.P_TUNING:
         return PromptEncoderConfig(encoder_hidden_size=spec.hidden_size, **common)
     # Without the MLP projection the trained table is the prefix itself; a text init gives
     # real key/values to start from, which is what makes prefix tuning stable without the MLP.
@@ -89,7 +86,7 @@ def _config(base: BaseModel, kind: TrainKind, virtual_tokens: int, inference: bo
     )
 
 
-def _text_ids(base: BaseModel, text: str, virtual_tokens: int) -> torch.Tensor:
+def _text_ids(base: FrozenModel, text: str, virtual_tokens: int) -> torch.Tensor:
     ids = base.tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError('--init text:"..." needs a non-empty text')
@@ -98,7 +95,7 @@ def _text_ids(base: BaseModel, text: str, virtual_tokens: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _text_key_values(base: BaseModel, ids: torch.Tensor) -> torch.Tensor:
+def _text_key_values(base: FrozenModel, ids: torch.Tensor) -> torch.Tensor:
     """Key/values of `ids` laid out as PEFT's prefix table: [P, L*2*kv_heads*head_dim]."""
     model: Any = base.model
     cache = model(input_ids=ids[None], use_cache=True).past_key_values
@@ -114,7 +111,7 @@ def _table(model: PeftModel) -> torch.Tensor:
     return table
 
 
-def _initialise(model: PeftModel, base: BaseModel, kind: TrainKind, init: PromptInit) -> None:
+def _initialise(model: PeftModel, base: FrozenModel, kind: PromptKind, init: PromptInit) -> None:
     table = _table(model)
     embed: Any = base.model.get_input_embeddings()
     with torch.no_grad():
@@ -124,13 +121,13 @@ def _initialise(model: PeftModel, base: BaseModel, kind: TrainKind, init: Prompt
             table.copy_(words[picks.to(words.device)])
         elif init.kind is InitKind.TEXT and init.text is not None:
             ids = _text_ids(base, init.text, int(table.shape[0]))
-            if kind is TrainKind.PREFIX:
+            if kind is PromptKind.PREFIX_TUNING:
                 table.copy_(_text_key_values(base, ids))
             else:
                 table.copy_(embed(ids))
 
 
-def _wrap(base: BaseModel, config: PeftConfig) -> PeftModel:
+def _wrap(base: FrozenModel, config: PeftConfig) -> PeftModel:
     model = get_peft_model(base.model, config)
     # Saved configs name the base by its Softserve id, not by a local cache path.
     model.peft_config["default"].base_model_name_or_path = base.spec.model_id
@@ -139,7 +136,7 @@ def _wrap(base: BaseModel, config: PeftConfig) -> PeftModel:
 
 
 def trainable_model(
-    base: BaseModel, kind: TrainKind, virtual_tokens: int, init: PromptInit
+    base: FrozenModel, kind: PromptKind, virtual_tokens: int, init: PromptInit
 ) -> PeftModel:
     init.check(kind)
     model = _wrap(base, _config(base, kind, virtual_tokens, inference=False))
@@ -147,12 +144,13 @@ def trainable_model(
     return model
 
 
-def inference_model(base: BaseModel, soft_prompt: SoftPrompt | None) -> PeftModel | Any:
+def inference_model(base: FrozenModel, soft_prompt: SoftPrompt | None) -> PeftModel | Any:
     """The base model with `soft_prompt` in front (PEFT inference mode), or the bare model."""
     if soft_prompt is None:
         return base.model
     table = soft_prompt.table
-    kind = TrainKind.PREFIX if soft_prompt.kind is SoftPromptKind.KEY_VALUES else TrainKind.PROMPT
+    # A P-tuning table already holds the encoder's output: it is served as prompt tuning.
+    kind = PromptKind.PREFIX_TUNING if soft_prompt.kind.key_values else PromptKind.PROMPT_TUNING
     model = _wrap(base, _config(base, kind, table.shape[0], inference=True))
     with torch.no_grad():
         _table(model).copy_(table)

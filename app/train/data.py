@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.render import ChatMessage
+
 ROLES = ("system", "user", "assistant")
 
 
@@ -28,12 +30,6 @@ class TextExample:
 
     input: str
     output: str
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from app.model.loader import BaseModel
-from app.train.data import ChatExample, ChatMessage
-from app.train.encode import chat_prompt_ids
+from app.model.loader import FrozenModel
+from app.render import ChatMessage, chat_ids
+from app.train.data import ChatExample
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def distill(
-    base: BaseModel,
+    base: FrozenModel,
     system_prompt: str,
     questions: Sequence[str],
     max_new_tokens: int = 96,
@@ -50,7 +50,7 @@ def distill(
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         prompts = [
-            chat_prompt_ids(tok, (ChatMessage("system", system_prompt), ChatMessage("user", q)))
+            list(chat_ids(tok, (ChatMessage("system", system_prompt), ChatMessage("user", q))))
             for q in chunk
         ]
         ids, mask = _left_pad(prompts, pad_id)

@@ -1,10 +1,10 @@
-"""Examples -> token ids with a target mask, tokenized exactly as the server tokenizes requests.
+"""Examples -> token ids with a target mask, rendered by `app.render` exactly as the server
+renders requests (one renderer: a prompt is trained on the ids it is later served with).
 
-Text examples: the server's /v1/completions tokenizes the templated prompt with the tokenizer's
-defaults and the model continues it, so the target is the output's own tokens plus EOS right
-after the prompt (no delimiter: the soft prompt learns to answer `positive`, not ` positive`).
-Chat examples: /v1/chat/completions renders the chat template with a generation prompt and
-tokenizes without special tokens; each assistant turn is the rendered text it adds.
+Text examples: the templated prompt, and the model continues it, so the target is the output's
+own tokens plus EOS right after the prompt (no delimiter: the soft prompt learns to answer
+`positive`, not ` positive`). Chat examples: each assistant turn is the rendered text it adds to
+the conversation up to it (rendered with a generation prompt, as a request would be).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from app.train.data import ChatExample, ChatMessage, Example, TextExample
+from app.render import ChatMessage, TaskStyle, chat_ids, render_completion
+from app.train.data import ChatExample, Example, TextExample
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,8 @@ class Batch:
     targets: torch.Tensor  # [B, T] bool
 
 
-def apply_template(template: str | None, text: str) -> str:
-    return template.replace("{input}", text) if template else text
-
-
 def prompt_ids(tokenizer: Any, template: str | None, text: str) -> list[int]:
-    return list(tokenizer(apply_template(template, text))["input_ids"])
+    return list(render_completion(tokenizer, TaskStyle(template=template), text).ids)
 
 
 def output_ids(tokenizer: Any, output: str) -> list[int]:
@@ -42,13 +39,7 @@ def output_ids(tokenizer: Any, output: str) -> list[int]:
 
 
 def _render(tokenizer: Any, messages: tuple[ChatMessage, ...], generation: bool) -> list[int]:
-    turns = [{"role": m.role, "content": m.content} for m in messages]
-    text = tokenizer.apply_chat_template(turns, add_generation_prompt=generation, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def chat_prompt_ids(tokenizer: Any, messages: tuple[ChatMessage, ...]) -> list[int]:
-    return _render(tokenizer, messages, generation=True)
+    return list(chat_ids(tokenizer, messages, generation))
 
 
 def encode_chat(tokenizer: Any, example: ChatExample) -> Encoded:

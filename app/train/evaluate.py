@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from app.model.loader import BaseModel
+from app.model.loader import FrozenModel
 from app.model.soft_prompt import SoftPrompt
+from app.render import TaskStyle, chat_ids, render_completion, with_system_prompt
 from app.train.adapters import inference_model, prepends_embeddings
-from app.train.data import ChatExample, ChatMessage, Example, TextExample
-from app.train.encode import Encoded, chat_prompt_ids, collate, encode, prompt_ids
+from app.train.data import ChatExample, Example, TextExample
+from app.train.encode import Encoded, collate, encode
 from app.train.scoring import score_targets
 
 
@@ -28,6 +29,10 @@ class Subject:
     soft_prompt: SoftPrompt | None = None
     template: str | None = None
     system_prompt: str | None = None
+
+    @property
+    def style(self) -> TaskStyle:
+        return TaskStyle(template=self.template, system_prompt=self.system_prompt)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,11 @@ class Generation:
 
 
 def _sequence_scores(
-    base: BaseModel, model: Any, prompts: list[list[int]], labels: list[list[int]], batch_size: int
+    base: FrozenModel,
+    model: Any,
+    prompts: list[list[int]],
+    labels: list[list[int]],
+    batch_size: int,
 ) -> torch.Tensor:
     """[N, L] log-likelihood of each label's tokens after each prompt (one row per pair)."""
     offset = prepends_embeddings(model)
@@ -80,7 +89,7 @@ def _sequence_scores(
 
 
 def _last_token_scores(
-    base: BaseModel, model: Any, prompts: list[list[int]], labels: list[int], batch_size: int
+    base: FrozenModel, model: Any, prompts: list[list[int]], labels: list[int], batch_size: int
 ) -> torch.Tensor:
     """[N, L] the same figure when every label is one token: one forward per prompt, reading
     the next-token distribution at its last position (half the work for two labels)."""
@@ -111,7 +120,7 @@ def _label_of(output: str, labels: Sequence[str], index: int) -> int:
 
 @torch.no_grad()
 def classify(
-    base: BaseModel,
+    base: FrozenModel,
     subject: Subject,
     examples: Sequence[TextExample],
     labels: Sequence[str],
@@ -123,7 +132,9 @@ def classify(
     gold = [_label_of(e.output, labels, i) for i, e in enumerate(examples)]
     label_ids = [base.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
     model = inference_model(base, subject.soft_prompt)
-    prompts = [prompt_ids(base.tokenizer, subject.template, e.input) for e in examples]
+    prompts = [
+        list(render_completion(base.tokenizer, subject.style, e.input).ids) for e in examples
+    ]
     if all(len(ids) == 1 for ids in label_ids):
         scores = _last_token_scores(base, model, prompts, [ids[0] for ids in label_ids], batch_size)
     else:
@@ -144,23 +155,24 @@ def classify(
 
 
 def _with_system(example: ChatExample, system_prompt: str | None) -> ChatExample:
-    """Insert the subject's system prompt as the server does for a task that has one."""
-    if system_prompt is None or example.messages[0].role == "system":
-        return example
-    return ChatExample((ChatMessage("system", system_prompt), *example.messages))
+    """The subject's system prompt, by the server's rule (`app.render.with_system_prompt`)."""
+    return ChatExample(with_system_prompt(example.messages, system_prompt))
 
 
-def _reference(base: BaseModel, subject: Subject, example: Example) -> tuple[list[int], str]:
+def reference_prompt(
+    base: FrozenModel, subject: Subject, example: Example
+) -> tuple[list[int], str]:
     """The prompt ids the server would build, and the expected (last) answer."""
     if isinstance(example, TextExample):
-        return prompt_ids(base.tokenizer, subject.template, example.input), example.output
+        prompt = render_completion(base.tokenizer, subject.style, example.input)
+        return list(prompt.ids), example.output
     chat = _with_system(example, subject.system_prompt)
     last = max(i for i, m in enumerate(chat.messages) if m.role == "assistant")
-    return chat_prompt_ids(base.tokenizer, chat.messages[:last]), chat.messages[last].content
+    return list(chat_ids(base.tokenizer, chat.messages[:last])), chat.messages[last].content
 
 
 @torch.no_grad()
-def _greedy(base: BaseModel, model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
+def _greedy(base: FrozenModel, model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
     # One request at a time: no padding, so the answer is exactly what a lone request gets.
     ids = torch.tensor([prompt], device=base.device)
     out = model.generate(
@@ -181,7 +193,7 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
-def _encode_reference(base: BaseModel, subject: Subject, example: Example) -> Encoded:
+def encode_reference(base: FrozenModel, subject: Subject, example: Example) -> Encoded:
     if isinstance(example, ChatExample):
         example = _with_system(example, subject.system_prompt)
     row = encode(base.tokenizer, example, subject.template, max_tokens=1 << 30)
@@ -190,14 +202,14 @@ def _encode_reference(base: BaseModel, subject: Subject, example: Example) -> En
 
 
 def generate_and_score(
-    base: BaseModel, subject: Subject, examples: Sequence[Example], batch_size: int = 16
+    base: FrozenModel, subject: Subject, examples: Sequence[Example], batch_size: int = 16
 ) -> Generation:
     """Greedy answers against the references, and the references' loss under the subject."""
     model = inference_model(base, subject.soft_prompt)
-    rows = [_encode_reference(base, subject, example) for example in examples]
+    rows = [encode_reference(base, subject, example) for example in examples]
     exact, prefix = 0, 0.0
     for example, row in zip(examples, rows, strict=True):
-        prompt, answer = _reference(base, subject, example)
+        prompt, answer = reference_prompt(base, subject, example)
         budget = sum(row.targets) + 1  # every target token, plus one: a longer answer differs
         got = str(
             base.tokenizer.decode(_greedy(base, model, prompt, budget), skip_special_tokens=True)
@@ -224,6 +236,6 @@ def generate_and_score(
     )
 
 
-def _pad_id(base: BaseModel) -> int:
+def _pad_id(base: FrozenModel) -> int:
     pad = base.tokenizer.pad_token_id
     return int(pad) if pad is not None else 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.model.loader import BaseModel
+from app.model.loader import FrozenModel
 from app.registry.entry import PromptEntry, PromptFiles
 from app.registry.peft_format import CONFIG_FILE, TENSOR_FILE
 from app.registry.store import Registry
@@ -92,7 +92,7 @@ def plot_losses(report: TrainReport, path: Path, title: str) -> None:
 
 
 def save_prompt(
-    base: BaseModel,
+    base: FrozenModel,
     model: PeftModel,
     report: TrainReport,
     root: Path,

@@ -11,8 +11,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from app.model.loader import BaseModel
-from app.train.adapters import InitKind, PromptInit, TrainKind, prepends_embeddings, trainable_model
+from app.model.kinds import PromptKind
+from app.model.loader import FrozenModel
+from app.train.adapters import InitKind, PromptInit, prepends_embeddings, trainable_model
 from app.train.data import Example
 from app.train.encode import Encoded, collate, encode
 from app.train.scoring import score_targets
@@ -23,12 +24,16 @@ log = logging.getLogger(__name__)
 
 # Prompt tuning moves raw embeddings and wants a large step; the encoder MLP and the key/value
 # table are more sensitive.
-DEFAULT_LR = {TrainKind.PROMPT: 3e-2, TrainKind.P_TUNING: 1e-3, TrainKind.PREFIX: 3e-3}
+DEFAULT_LR = {
+    PromptKind.PROMPT_TUNING: 3e-2,
+    PromptKind.P_TUNING: 1e-3,
+    PromptKind.PREFIX_TUNING: 3e-3,
+}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    kind: TrainKind
+    kind: PromptKind
     template: str | None = None
     virtual_tokens: int = 20
     init: PromptInit = field(default_factory=lambda: PromptInit(InitKind.RANDOM))
@@ -131,14 +136,14 @@ def mean_loss(model: PeftModel, rows: Sequence[Encoded], batch_size: int, pad_id
 
 
 def _encode_all(
-    base: BaseModel, examples: Sequence[Example], config: TrainConfig
+    base: FrozenModel, examples: Sequence[Example], config: TrainConfig
 ) -> tuple[list[Encoded], int]:
     rows = [encode(base.tokenizer, e, config.template, config.max_tokens) for e in examples]
     kept = [r for r in rows if r is not None and any(r.targets)]
     return kept, len(rows) - len(kept)
 
 
-def train(base: BaseModel, examples: Sequence[Example], config: TrainConfig) -> Trained:
+def train(base: FrozenModel, examples: Sequence[Example], config: TrainConfig) -> Trained:
     config.validate()
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)

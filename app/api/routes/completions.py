@@ -2,77 +2,111 @@
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from typing import Any
 
+from app.api.delivery import ChoiceResult, finish_text
 from app.api.deps import ApiKeyDep, RuntimeDep, ServicesDep
 from app.api.errors import ApiError
-from app.api.generation import (
-    Target,
-    check_supported,
-    choice_index,
-    collect,
-    deadline,
-    fan_out,
-    finish_text,
-    resolve_target,
-    sampling_params,
-    stream,
-    submit,
-    tracked,
-)
-from app.api.render import completion_logprobs
+from app.api.inputs import Prompts, completion_prompts
+from app.api.logprobs import completion_logprobs
+from app.api.pipeline import ChoiceOutput, Reply, generate
 from app.api.routes.common import ERRORS
-from app.api.schemas import (
-    CompletionChoice,
-    CompletionRequest,
-    CompletionResponse,
-    PromptInput,
-    Usage,
-)
-from app.api.state import Runtime, Services
-from app.api.tracking import Tracker
-from app.engine import RequestOutput
+from app.api.sampling import check_supported, sampling_params
+from app.api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, Usage
+from app.engine import SamplingParams
+from app.registry import TaskMeta
+from app.render import TaskStyle
+from app.settings import Settings
 from fastapi import APIRouter, Request
 
 router = APIRouter(dependencies=[ApiKeyDep], tags=["inference"])
 
 
-def _prompts(
-    tokenizer: Any, prompt: PromptInput, target: Target
-) -> tuple[list[str], list[tuple[int, ...]]]:
-    """Returns (the prompt texts, for echo; the token ids)."""
-    items: list[str] | list[list[int]] | list[int]
-    items = [prompt] if isinstance(prompt, str) else prompt
-    if not items:
-        raise ApiError(400, "prompt must not be empty", param="prompt")
-    batch: list[str | list[int]] = (
-        [[int(t) for t in items]] if all(isinstance(p, int) for p in items) else list(items)  # type: ignore[arg-type]
-    )
-    texts, ids = [], []
-    for item in batch:
-        if isinstance(item, str):
-            text = target.meta.apply_template(item)
-            texts.append(text)
-            ids.append(tuple(tokenizer(text)["input_ids"]))
-        else:
-            if item and not all(0 <= t < len(tokenizer) for t in item):
-                raise ApiError(400, f"token ids must be in [0, {len(tokenizer)})", param="prompt")
-            texts.append(str(tokenizer.decode(item)))
-            ids.append(tuple(item))
-    return texts, ids
+@dataclass(frozen=True)
+class Completions:
+    """The completions `Endpoint` of the generation pipeline."""
 
+    body: CompletionRequest
+    tokenizer: Any
+    settings: Settings
+    name: str = "completions"
 
-def _check(body: CompletionRequest, max_n: int, max_logprobs: int) -> None:
-    check_supported(body, max_n)
-    if body.suffix:
-        raise ApiError(400, "suffix is not supported", param="suffix")
-    if body.best_of not in (None, body.n):
-        raise ApiError(400, "best_of must equal n", param="best_of")
-    if body.logprobs is not None and body.logprobs > max_logprobs:
-        raise ApiError(400, f"logprobs must be <= {max_logprobs}", param="logprobs")
-    if body.echo and body.logprobs is not None:
-        raise ApiError(400, "echo together with logprobs is not supported", param="echo")
+    def check(self) -> None:
+        body, settings = self.body, self.settings
+        check_supported(body, settings.max_n)
+        if body.suffix:
+            raise ApiError(400, "suffix is not supported", param="suffix")
+        if body.best_of not in (None, body.n):
+            raise ApiError(400, "best_of must equal n", param="best_of")
+        if body.logprobs is not None and body.logprobs > settings.max_logprobs:
+            raise ApiError(400, f"logprobs must be <= {settings.max_logprobs}", param="logprobs")
+        if body.echo and body.logprobs is not None:
+            raise ApiError(400, "echo together with logprobs is not supported", param="echo")
+
+    def render(self, style: TaskStyle) -> Prompts:
+        return completion_prompts(self.tokenizer, self.body.prompt, style)
+
+    def sampling(self, meta: TaskMeta) -> SamplingParams:
+        return sampling_params(
+            self.body,
+            meta.defaults,
+            max_tokens=self.body.max_tokens,
+            default_max_tokens=self.settings.default_max_tokens,
+            logprobs=self.body.logprobs,
+        )
+
+    def _echo(self, reply: Reply, index: int) -> str:
+        return reply.prompts.texts[index // self.body.n] if self.body.echo else ""
+
+    def _response(
+        self, reply: Reply, choices: list[CompletionChoice], usage: Usage | None
+    ) -> CompletionResponse:
+        return CompletionResponse(
+            id=f"cmpl-{reply.request_id}",
+            created=reply.created,
+            model=reply.target.name,
+            system_fingerprint=reply.target.fingerprint,
+            choices=choices,
+            usage=usage,
+        )
+
+    def chunks(self, reply: Reply, choice: ChoiceOutput) -> list[str]:
+        out = choice.output
+        text = self._echo(reply, choice.index) + out.text if choice.first else out.text
+        if not text and out.finish_reason is None and not out.logprobs:
+            return []
+        logprobs = (
+            completion_logprobs(self.tokenizer, list(out.logprobs))
+            if self.body.logprobs is not None
+            else None
+        )
+        chunk = CompletionChoice(
+            index=choice.index,
+            text=text,
+            logprobs=logprobs,
+            finish_reason=finish_text(out.finish_reason),
+        )
+        return [self._response(reply, [chunk], None).model_dump_json()]
+
+    def usage_chunk(self, reply: Reply, usage: Usage) -> str:
+        return self._response(reply, [], usage).model_dump_json()
+
+    def respond(
+        self, reply: Reply, results: list[ChoiceResult], usage: Usage
+    ) -> CompletionResponse:
+        choices = [
+            CompletionChoice(
+                index=i,
+                text=self._echo(reply, i) + r.text,
+                logprobs=completion_logprobs(self.tokenizer, r.logprobs, len(self._echo(reply, i)))
+                if self.body.logprobs is not None
+                else None,
+                finish_reason=finish_text(r.finish_reason),
+            )
+            for i, r in enumerate(results)
+        ]
+        return self._response(reply, choices, usage)
 
 
 @router.post(
@@ -81,98 +115,5 @@ def _check(body: CompletionRequest, max_n: int, max_logprobs: int) -> None:
 async def create_completion(
     body: CompletionRequest, request: Request, runtime: RuntimeDep, services: ServicesDep
 ) -> Any:
-    return await tracked(
-        runtime, "completions", lambda tracker: _complete(body, request, runtime, services, tracker)
-    )
-
-
-async def _complete(
-    body: CompletionRequest,
-    request: Request,
-    runtime: Runtime,
-    services: Services,
-    tracker: Tracker,
-) -> Any:
-    settings, tokenizer = services.settings, services.base.tokenizer
-    _check(body, settings.max_n, settings.max_logprobs)
-    tracker.model = body.model
-    target = resolve_target(services, body.model)
-    tracker.task = target.name
-    texts, prompts = _prompts(tokenizer, body.prompt, target)
-    tracker.prompt_tokens = sum(len(p) for p in prompts)
-    tracker.prompt_text = "\n".join(texts)
-    params = sampling_params(
-        body,
-        target.meta,
-        max_tokens=body.max_tokens,
-        default_max_tokens=settings.default_max_tokens,
-        logprobs=body.logprobs,
-    )
-    requests = fan_out(
-        prompts,
-        body.n,
-        params,
-        target.soft_prompt,
-        deadline(tracker, body, settings.request_timeout_s),
-    )
-    submission = submit(services, requests, runtime)
-    created = int(time.time())
-    echo = [texts[i // body.n] if body.echo else "" for i in range(len(requests))]
-
-    def response(choices: list[CompletionChoice], usage: Usage | None) -> CompletionResponse:
-        return CompletionResponse(
-            id=f"cmpl-{tracker.request_id}",
-            created=created,
-            model=target.name,
-            system_fingerprint=target.fingerprint,
-            choices=choices,
-            usage=usage,
-        )
-
-    def usage() -> Usage:
-        used = tracker.prompt_tokens
-        return Usage(
-            prompt_tokens=used,
-            completion_tokens=tracker.completion_tokens,
-            total_tokens=used + tracker.completion_tokens,
-        )
-
-    if body.stream:
-        started: set[int] = set()
-
-        def render(out: RequestOutput) -> list[str]:
-            i = choice_index(out.request_id)
-            text = out.text if i in started else echo[i] + out.text
-            started.add(i)
-            if not text and out.finish_reason is None and not out.logprobs:
-                return []
-            logprobs = (
-                completion_logprobs(tokenizer, list(out.logprobs))
-                if body.logprobs is not None
-                else None
-            )
-            choice = CompletionChoice(
-                index=i, text=text, logprobs=logprobs, finish_reason=finish_text(out.finish_reason)
-            )
-            return [response([choice], None).model_dump_json()]
-
-        def closing() -> list[str]:
-            wanted = body.stream_options and body.stream_options.include_usage
-            return [response([], usage()).model_dump_json()] if wanted else []
-
-        return stream(submission, tracker, render, closing)
-
-    results = await collect(submission, request, len(requests), tracker)
-    choices = [
-        CompletionChoice(
-            index=i,
-            text=echo[i] + r.text,
-            logprobs=completion_logprobs(tokenizer, r.logprobs, len(echo[i]))
-            if body.logprobs is not None
-            else None,
-            finish_reason=finish_text(r.finish_reason),
-        )
-        for i, r in enumerate(results)
-    ]
-    tracker.finish(200, choices[0].finish_reason)
-    return response(choices, usage())
+    endpoint = Completions(body, services.base.tokenizer, services.settings)
+    return await generate(runtime, services, request, endpoint)

@@ -25,13 +25,13 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
         return _answer("loading", None, 503)
     if runtime.gate.draining:
         return _answer("draining", "shutting down: finishing running requests", 503)
-    scheduler = services.scheduler
-    if not scheduler.alive:
+    bridge = services.bridge
+    if not bridge.alive:
         return _answer("unhealthy", "engine loop is not running", 503)
     # The loop checks in at least every idle poll and after every step. A step may legitimately
     # take long (a big prefill on a CPU), so the allowance grows with the slowest recent step.
-    allowance = max(runtime.settings.health_stall_s, 3 * scheduler.longest_step_s)
-    quiet = time.monotonic() - scheduler.heartbeat
+    allowance = max(runtime.settings.health_stall_s, 3 * bridge.longest_step_s)
+    quiet = time.monotonic() - bridge.heartbeat
     if quiet > allowance:
         return _answer("unhealthy", f"engine loop has made no progress for {quiet:.1f} s", 503)
     return _answer("ok", None, 200)

@@ -1,40 +1,43 @@
-"""Bridge between asyncio request handlers and the single engine thread.
+"""The engine bridge: between asyncio request handlers and the single engine thread.
 
 The event loop never runs model code: handlers put commands in an inbox; the engine thread
 drains it, steps the engine, and hands each output back to the submitting loop with
 `call_soon_threadsafe`. A group of requests (n choices, several prompts) shares one queue.
+
+Admission happens here, once: a group is validated (`Engine.check`) and counted against the
+in-flight and queued-token caps on the event loop, so it is refused (`RequestError`,
+`Overloaded`) before anything is queued. The engine itself holds no cap in the server.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Protocol
 
-from app.engine import Engine, EngineFull, GenerationRequest, RequestError, RequestOutput
+from app.bridge.submission import Failure, Submission
+from app.engine import Engine, EngineFull, EngineStats, GenerationRequest
 
-log = logging.getLogger("softserve.scheduler")
+log = logging.getLogger("softserve.bridge")
 
 
-class SchedulerFull(RuntimeError):
-    """Too many requests or queued tokens; answer 429 with Retry-After. `reason` names the cap."""
+class Overloaded(RuntimeError):
+    """A cap is reached: answer 429 with Retry-After. `reason` names the cap (a metric label):
+    `in_flight` or `queued_tokens` here, `max_requests` at the API's door."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
 
 
-class SchedulerStopped(RuntimeError):
+class BridgeStopped(RuntimeError):
     """The engine loop is not running (starting, draining or dead); answer 503."""
 
 
-class SchedulerObserver(Protocol):
-    """What the scheduler reports (metrics live above it; it never imports them)."""
+class BridgeObserver(Protocol):
+    """What the bridge reports (metrics live above it; it never imports them)."""
 
     def on_step(self, batch_size: int, prefilled: int, seconds: float) -> None: ...
 
@@ -50,7 +53,7 @@ class _NoObserver:
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class BridgeConfig:
     max_in_flight: int = 1024  # engine requests admitted and not yet finished (waiting + running)
     max_queued_tokens: int = 1 << 20  # prompt + max_tokens of requests not yet running
     idle_poll_s: float = 0.05
@@ -68,11 +71,12 @@ class _Abort:
 
 
 @dataclass(frozen=True)
-class Failure:
-    """A request the engine thread could not run (or the loop itself failed)."""
+class BridgeStats:
+    """What the bridge and its engine hold now (read by /metrics, from any thread)."""
 
-    request_id: str | None
-    error: BaseException
+    engine: EngineStats
+    in_flight: int  # engine requests admitted and not finished (waiting + running)
+    queued_tokens: int  # prompt + max_tokens of requests not yet running
 
 
 @dataclass(frozen=True)
@@ -82,63 +86,16 @@ class _Queued:
     since: float
 
 
-class Submission:
-    """The outputs of a group of requests, as an async iterator. Leaving the `async with` block
-    early (client gone, error) aborts whatever has not finished."""
-
-    def __init__(self, scheduler: Scheduler, request_ids: list[str]) -> None:
-        self._scheduler = scheduler
-        self._queue: asyncio.Queue[RequestOutput | Failure] = asyncio.Queue()
-        self._loop = asyncio.get_running_loop()
-        self._open = set(request_ids)
-
-    def deliver(self, item: RequestOutput | Failure) -> None:
-        """Called from the engine thread."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    def close(self) -> None:
-        """Abort whatever has not finished. Idempotent; safe from any exit path."""
-        for request_id in self._open:
-            self._scheduler.abort(request_id)
-        self._open.clear()
-
-    def __aiter__(self) -> AsyncIterator[RequestOutput]:
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if not self._open:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, Failure):
-            self._open.discard(item.request_id or "")
-            raise item.error
-        if item.finish_reason is not None:
-            self._open.discard(item.request_id)
-        return item
-
-    async def __aenter__(self) -> Submission:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Unfinished rows are aborted; the engine thread releases their slots when they leave.
-        self.close()
-
-
-class Scheduler:
+class EngineBridge:
     def __init__(
         self,
         engine: Engine,
-        config: SchedulerConfig | None = None,
-        observer: SchedulerObserver | None = None,
+        config: BridgeConfig | None = None,
+        observer: BridgeObserver | None = None,
     ) -> None:
         self.engine = engine
-        self.config = config or SchedulerConfig()
-        self.observer: SchedulerObserver = observer or _NoObserver()
+        self.config = config or BridgeConfig()
+        self.observer: BridgeObserver = observer or _NoObserver()
         self._inbox: list[_Add | _Abort] = []
         self._wake = threading.Condition()
         self._owners: dict[str, Submission] = {}
@@ -189,13 +146,20 @@ class Scheduler:
     def queued_tokens(self) -> int:
         return self._queued_tokens
 
+    def stats(self) -> BridgeStats:
+        return BridgeStats(
+            engine=self.engine.stats(),
+            in_flight=self._in_flight,
+            queued_tokens=self._queued_tokens,
+        )
+
     # -- called from the event loop ---------------------------------------------------------
 
     def submit(self, requests: list[GenerationRequest]) -> Submission:
-        """Validate and enqueue a group; raises RequestError, SchedulerFull or SchedulerStopped
+        """Validate and enqueue a group; raises RequestError, Overloaded or BridgeStopped
         before anything is queued."""
         if not self.alive:
-            raise SchedulerStopped("the engine loop is not running")
+            raise BridgeStopped("the engine loop is not running")
         for request in requests:
             self.engine.check(request)
         tokens = [len(r.prompt_ids) + r.sampling.max_tokens for r in requests]
@@ -203,19 +167,17 @@ class Scheduler:
         with self._count_lock:
             if self._in_flight + len(requests) > self.config.max_in_flight:
                 cap = self.config.max_in_flight
-                raise SchedulerFull(
-                    f"{self._in_flight} requests in flight (cap {cap})", "in_flight"
-                )
+                raise Overloaded(f"{self._in_flight} requests in flight (cap {cap})", "in_flight")
             if self._queued_tokens + sum(tokens) > self.config.max_queued_tokens:
                 cap = self.config.max_queued_tokens
-                raise SchedulerFull(
+                raise Overloaded(
                     f"{self._queued_tokens} tokens queued (cap {cap})", "queued_tokens"
                 )
             self._in_flight += len(requests)
             self._queued_tokens += sum(tokens)
             for request, count in zip(requests, tokens, strict=True):
                 self._queued[request.request_id] = _Queued(request, count, now)
-        submission = Submission(self, [r.request_id for r in requests])
+        submission = Submission(self.abort, [r.request_id for r in requests])
         with self._wake:
             self._inbox.extend(_Add(r, submission) for r in requests)
             self._wake.notify()
@@ -254,7 +216,7 @@ class Scheduler:
     def _step(self) -> None:
         started = time.monotonic()
         try:
-            outputs = self.engine.step()
+            result = self.engine.step()
         except Exception as exc:
             # One bad step must not take the server down. After the reset the engine holds
             # nothing, so every request we own has failed, including any the step had already
@@ -271,10 +233,9 @@ class Scheduler:
         self.heartbeat = time.monotonic()
         seconds = self.heartbeat - started
         self.longest_step_s = max(seconds, self.longest_step_s * 0.99)  # decays slowly
-        record = self.engine.history[-1] if self.engine.history else None
-        if record is not None and record.step == self.engine.steps:
-            self.observer.on_step(len(record.tasks), len(record.prefilled), seconds)
-        for out in outputs:
+        if result.ran is not None:
+            self.observer.on_step(len(result.ran.tasks), len(result.ran.prefilled), seconds)
+        for out in result.outputs:
             owner = self._owners.get(out.request_id)
             if owner is None:
                 continue
@@ -293,9 +254,9 @@ class Scheduler:
                     self.engine.abort(command.request_id)
                 continue
             try:
-                self.engine.add_request(command.request)
+                self.engine.enqueue(command.request)  # checked in `submit`, not again
                 self._owners[command.request.request_id] = command.submission
-            except (RequestError, EngineFull) as exc:
+            except EngineFull as exc:  # only if the engine was built with its own cap
                 self._dequeue(command.request.request_id)
                 self._release(1)
                 command.submission.deliver(Failure(command.request.request_id, exc))
