@@ -28,9 +28,14 @@ from app.settings import Settings
 print(convert_gguf_cached(locate_default_gguf(), Settings().cache_dir))
 EOF
 )
+# The converter tries sentencepiece first (and falls back to the BPE vocab only once the module
+# exists): install it beside the peers, not into the project's environment.
+if [ ! -d "$PEERS/pydeps/sentencepiece" ]; then
+  "$PY" -m pip install --quiet --target "$PEERS/pydeps" sentencepiece
+fi
 for t in f32 q8_0; do
   if [ ! -f "$PEERS/smollm2-135m-$t.gguf" ]; then
-    PYTHONPATH="$SRC/gguf-py" "$PY" "$SRC/convert_hf_to_gguf.py" "$HF" --outtype "$t" \
+    PYTHONPATH="$SRC/gguf-py:$PEERS/pydeps" "$PY" "$SRC/convert_hf_to_gguf.py" "$HF" --outtype "$t" \
       --outfile "$PEERS/smollm2-135m-$t.gguf"
   fi
 done

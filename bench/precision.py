@@ -1,0 +1,162 @@
+"""What each weight-precision setting costs in quality, through the engine that serves them:
+SST-2 dev accuracy of the shipped `sst2-sentiment` task (its template, greedy, one token, the
+answer compared with the label word) and greedy agreement with fp32 on a fixed set of chat prompts
+(64 tokens each, all in one batch, so decode steps are small and int8 kernels run there).
+
+    .venv/bin/python -m bench.precision [--quick] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.engine import Backend, Engine, EngineConfig, GenerationRequest, SamplingParams
+from app.model import DType, FrozenModel, Quantize, load_base_model
+from app.registry import Registry
+from app.render import ChatMessage, chat_ids, render_completion
+from app.settings import Settings
+from bench.common import write
+
+ROOT = Path(__file__).resolve().parent.parent
+SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
+QUESTIONS = [
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "How do I boil an egg?",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis in two sentences.",
+    "What are three tips for a job interview?",
+    "Tell me a fun fact about octopuses.",
+    "How does a bicycle gear work?",
+    "What is the difference between weather and climate?",
+    "Give me a short recipe for pancakes.",
+    "Why do cats purr?",
+    "What should I pack for a weekend hike?",
+    "How do vaccines work?",
+    "Summarise the plot of Romeo and Juliet.",
+    "What is a prime number?",
+    "Suggest a name for a friendly robot.",
+]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    dtype: DType
+    quantize: Quantize
+    int8_max_tokens: int = 1 << 30
+    backend: Backend = Backend.AUTO
+
+
+SETTINGS = [
+    Setting("float32", DType.FLOAT32, Quantize.NONE),
+    Setting("bfloat16", DType.BFLOAT16, Quantize.NONE),
+    # The model's own forward in bfloat16: what rounding alone costs, whoever runs the model.
+    Setting("bfloat16, HF forward (reference)", DType.BFLOAT16, Quantize.NONE, backend=Backend.HF),
+    Setting("bfloat16 + int8 (steps <= 16 tokens)", DType.BFLOAT16, Quantize.INT8, 16),
+    Setting("int8 everywhere", DType.BFLOAT16, Quantize.INT8),
+]
+
+
+def run_all(engine: Engine, requests: list[GenerationRequest]) -> dict[str, list[int]]:
+    for request in requests:
+        engine.add_request(request)
+    tokens: dict[str, list[int]] = {r.request_id: [] for r in requests}
+    while engine.has_work():
+        for out in engine.step().outputs:
+            tokens[out.request_id].extend(out.token_ids)
+    return tokens
+
+
+def sst2(base: FrozenModel, engine: Engine, limit: int | None) -> tuple[float, int]:
+    registry = Registry(ROOT / "prompts", base.spec)
+    registry.load_all()
+    entry = registry.get("sst2-sentiment")
+    labels = entry.meta.labels
+    style = entry.meta.style
+    rows = [line.split("\t", 1) for line in SST2_DEV.read_text().splitlines()[1:]][:limit]
+    params = SamplingParams(max_tokens=1, temperature=0.0)
+    requests = [
+        GenerationRequest(
+            f"s{i}",
+            render_completion(base.tokenizer, style, text.strip()).ids,
+            params,
+            entry.soft_prompt,
+        )
+        for i, (_, text) in enumerate(rows)
+    ]
+    answers = run_all(engine, requests)
+    correct = sum(
+        base.tokenizer.decode(answers[f"s{i}"]).strip() == labels[int(label)]
+        for i, (label, _) in enumerate(rows)
+    )
+    return correct / len(rows), len(rows)
+
+
+def greedy(base: FrozenModel, engine: Engine, tokens: int) -> dict[str, list[int]]:
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+    requests = [
+        GenerationRequest(f"q{i}", chat_ids(base.tokenizer, [ChatMessage("user", q)]), params)
+        for i, q in enumerate(QUESTIONS)
+    ]
+    return run_all(engine, requests)
+
+
+def agreement(reference: dict[str, list[int]], got: dict[str, list[int]]) -> tuple[float, int]:
+    """Share of tokens equal before each answer's first difference; answers equal throughout."""
+    same, exact = 0, 0
+    for key, ref in reference.items():
+        n = next((i for i, (a, b) in enumerate(zip(ref, got[key], strict=True)) if a != b), None)
+        same += len(ref) if n is None else n
+        exact += n is None
+    return same / sum(len(r) for r in reference.values()), exact
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--limit", type=int, default=None, help="SST-2 dev reviews (all: 872)")
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    limit = 64 if args.quick and args.limit is None else args.limit
+    cache = Settings().cache_dir
+    rows, reference = [], None
+    for setting in SETTINGS[:2] if args.quick else SETTINGS:
+        base = load_base_model(dtype=setting.dtype, cache_dir=cache)
+        config = EngineConfig(
+            backend=setting.backend,
+            quantize=setting.quantize,
+            int8_max_tokens=setting.int8_max_tokens,
+        )
+        engine = Engine(base, config)
+        start = time.perf_counter()
+        accuracy, n = sst2(base, engine, limit)
+        answers = greedy(base, engine, args.tokens)
+        reference = reference or answers
+        share, exact = agreement(reference, answers)
+        rows.append(
+            {
+                "setting": setting.name,
+                "sst2_accuracy": round(accuracy, 4),
+                "sst2_reviews": n,
+                "greedy_agreement": round(share, 4),
+                "greedy_exact": f"{exact}/{len(QUESTIONS)}",
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+        print(rows[-1], flush=True)
+    print("\n| setting | SST-2 dev accuracy | greedy agreement with fp32 | answers equal |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['setting']} | {r['sst2_accuracy']:.3f} ({r['sst2_reviews']}) | "
+            f"{r['greedy_agreement']:.3f} | {r['greedy_exact']} |"
+        )
+    write("precision", {"rows": rows, "tokens": args.tokens, "questions": QUESTIONS})
+
+
+if __name__ == "__main__":
+    main()
