@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from app.engine import Engine, GenerationRequest
-from app.registry import Registry
+from app.registry import PromptRegistry
 from app.scheduler import Scheduler
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -37,7 +37,9 @@ class TaskLabels:
 
 
 class _LiveState(Collector):
-    def __init__(self, state: Callable[[], tuple[Engine, Scheduler, Registry] | None]) -> None:
+    def __init__(
+        self, state: Callable[[], tuple[Engine, Scheduler, PromptRegistry] | None]
+    ) -> None:
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
@@ -144,10 +146,10 @@ class Metrics:
         self.step = Histogram(
             "softserve_engine_step_seconds", "engine step duration", buckets=LATENCY, registry=r
         )
-        self._live: tuple[Engine, Scheduler, Registry] | None = None
+        self._live: tuple[Engine, Scheduler, PromptRegistry] | None = None
         r.register(_LiveState(lambda: self._live))
 
-    def attach(self, engine: Engine, scheduler: Scheduler, registry: Registry) -> None:
+    def attach(self, engine: Engine, scheduler: Scheduler, registry: PromptRegistry) -> None:
         self._live = (engine, scheduler, registry)
 
     # SchedulerObserver

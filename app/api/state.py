@@ -9,7 +9,7 @@ from app.api.metrics import Metrics
 from app.api.tracking import Gate
 from app.engine import Engine, EngineConfig
 from app.model import BaseModel
-from app.registry import Limits, Registry, RegistryWatcher
+from app.registry import Limits, PromptRegistry, RegistryWatcher, open_registry
 from app.scheduler import Scheduler, SchedulerConfig
 from app.settings import Settings
 
@@ -18,7 +18,7 @@ from app.settings import Settings
 class Services:
     settings: Settings
     base: BaseModel
-    registry: Registry
+    registry: PromptRegistry
     engine: Engine
     scheduler: Scheduler
     watcher: RegistryWatcher
@@ -45,7 +45,7 @@ def build_services(settings: Settings, base: BaseModel, metrics: Metrics) -> Ser
     limits = Limits(
         max_virtual_tokens=settings.max_virtual_tokens, max_tensor_bytes=settings.max_upload_bytes
     )
-    registry = Registry(settings.prompts, base.spec, limits)
+    registry = open_registry(settings.prompts, base.spec, limits, settings.s3_options)
     registry.load_all()
     watcher = RegistryWatcher(registry, settings.registry_poll_s)
     watcher.start()
