@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.live import free_port
 
@@ -147,6 +148,17 @@ def s3_server() -> Iterator[S3Server]:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def s3_for_module() -> Iterator[S3Server]:
+    """The server for one test module, with the test credentials in this process's environment
+    (boto3 reads them from there, as it would in production). Use as `s3 = s3_for_module`."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in CREDENTIALS.items():
+            mp.setenv(key, value)
+        with s3_server() as server:
+            yield server
 
 
 if __name__ == "__main__":

@@ -33,25 +33,17 @@ from app.settings import Settings
 from tests import test_hotswap as hotswap
 from tests.hostile import Files, cases
 from tests.live import LiveServer, live, wait_until
-from tests.s3server import CREDENTIALS, S3Server, s3_server
+from tests.s3server import S3Server, s3_for_module
 from tests.test_hotswap import complete, put, sha_of
 
 # The hot-swap tests' fixtures: five adapters of three kinds, and each one's greedy answer.
 variants = hotswap.variants
 expected = hotswap.expected
+s3 = s3_for_module
 
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR, CONFIG = "adapter_model.safetensors", "adapter_config.json"
 HOSTILE = cases(hidden=64, layers=3, heads=4, head_dim=16)
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in CREDENTIALS.items():
-            mp.setenv(key, value)
-        with s3_server() as server:
-            yield server
 
 
 @pytest.fixture(scope="module")
