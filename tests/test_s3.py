@@ -297,7 +297,7 @@ def test_compose_profile_replicas_s3() -> None:
     profile = {n: s for n, s in services.items() if "replicas-s3" in s.get("profiles", [])}
     replicas = {n: s for n, s in profile.items() if s.get("image") == "softserve:latest"}
     assert len(replicas) == 2
-    stores = [n for n, s in profile.items() if "minio" in str(s.get("image", ""))]
+    stores = [n for n, s in profile.items() if str(s.get("image", "")).startswith("minio/minio:")]
     assert len(stores) == 1
     for replica in replicas.values():
         env = replica["environment"]
