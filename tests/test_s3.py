@@ -240,6 +240,9 @@ def test_hostile_pointers_planted_in_the_bucket(
     assert "sha256" in reasons["tampered"] and "missing" in reasons["vanished"]
     assert "pickle" in reasons["pickled"] and "invalid task name" in reasons["Upper"]
     assert complete(server, "victim").status_code == 200  # the last good version serves on
+    assert httpx.delete(f"{server.url}/v1/prompts/victim").status_code == 200  # bad pointer too
+    assert complete(server, "victim").status_code == 404 and "victim" not in skipped()
+    assert put(server, "victim", variants["v-prompt"]).json()["version"] == 2
 
 
 @pytest.mark.parametrize("conditional", [True, False])

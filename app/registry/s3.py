@@ -15,7 +15,6 @@ See `s3_layout` for the objects. What each operation guarantees:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -30,18 +29,18 @@ from app.registry.entry import PromptEntry, PromptFiles, build_entry
 from app.registry.errors import InvalidPrompt, StoreUnavailable, UnknownTask
 from app.registry.location import S3Location, S3Options
 from app.registry.names import validate_task_name
-from app.registry.peft_format import TASK_FILE, TENSOR_FILE, Limits
+from app.registry.peft_format import Limits
 from app.registry.s3_bucket import Bucket, Listed, ObjectMissing
 from app.registry.s3_layout import (
     MAX_POINTER_BYTES,
     Pointer,
-    object_key,
     parse_pointer,
     parse_version_of,
     pointer_key,
     pointer_prefix,
     version_id,
 )
+from app.registry.s3_read import read_version
 from app.registry.s3_write import Flipper, ReadForWrite, Step
 
 log = logging.getLogger("softserve.registry")
@@ -99,37 +98,6 @@ class S3Registry(EntryTable):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _read_version(self, name: str, pointer: Pointer) -> PromptEntry:
-        assert pointer.version_id is not None
-        data: dict[str, bytes] = {}
-        for file in pointer.files:
-            limit = (
-                self.limits.max_tensor_bytes
-                if file == TENSOR_FILE
-                else self.limits.max_config_bytes
-            )
-            key = object_key(self.where, name, pointer.version_id, file)
-            try:
-                data[file] = self.bucket.get(key, limit).data
-            except ObjectMissing:
-                raise InvalidPrompt(
-                    f"missing from version {pointer.version_id}", file=file
-                ) from None
-        if hashlib.sha256(data[TENSOR_FILE]).hexdigest() != pointer.sha256:
-            raise InvalidPrompt(
-                "does not match the sha256 its pointer names (changed after it was written)",
-                file=TENSOR_FILE,
-            )
-        files = PromptFiles(data["adapter_config.json"], data[TENSOR_FILE], data.get(TASK_FILE))
-        return build_entry(
-            name,
-            files,
-            spec=self.spec,
-            limits=self.limits,
-            version=pointer.version,
-            created=pointer.created,
-        )
-
     def _fetch(self, name: str, etag: str) -> _Outcome:
         """Read and validate one task's pointer and the version it names. Raises only
         StoreUnavailable (transient: retried at the next poll)."""
@@ -146,10 +114,10 @@ class S3Registry(EntryTable):
             return _Outcome(name, got.etag, reason=str(exc))
         if pointer.deleted:
             return _Outcome(name, got.etag, pointer)
-        if self._named.get(name) == pointer.version_id and name in self._entries:
+        if self._serving.get(name) == pointer.version_id and name in self._entries:
             return _Outcome(name, got.etag, pointer, self._entries[name], named=pointer.version_id)
         try:
-            entry = self._read_version(name, pointer)
+            entry = read_version(self.bucket, self.where, name, pointer, self.spec, self.limits)
         except InvalidPrompt as exc:
             return _Outcome(name, got.etag, reason=str(exc), named=pointer.version_id)
         return _Outcome(name, got.etag, pointer, entry, named=pointer.version_id)
@@ -269,19 +237,19 @@ class S3Registry(EntryTable):
     # -- writes -----------------------------------------------------------------------------
 
     def _read_for_write(self, name: str) -> ReadForWrite:
-        """The pointer as it is now in the bucket (not this replica's possibly older view)."""
+        """The pointer as it is now in the bucket (not this replica's possibly older view). An
+        invalid pointer counts as present: a write replaces it, a delete removes it."""
+        key = pointer_key(self.where, name)
         try:
-            got = self.bucket.get(pointer_key(self.where, name), MAX_POINTER_BYTES)
+            got = self.bucket.get(key, MAX_POINTER_BYTES)
         except ObjectMissing:
             return ReadForWrite(etag=None, version=0, live=False)
-        except InvalidPrompt:  # an oversized object where a pointer belongs: replace it
-            return ReadForWrite(
-                etag=self.bucket.head(pointer_key(self.where, name)), version=0, live=name in self
-            )
+        except InvalidPrompt:  # an oversized object where a pointer belongs
+            return ReadForWrite(etag=self.bucket.head(key), version=0, live=True)
         try:
             pointer = parse_pointer(got.data)
         except InvalidPrompt:
-            return ReadForWrite(got.etag, parse_version_of(got.data), live=name in self)
+            return ReadForWrite(got.etag, parse_version_of(got.data), live=True)
         return ReadForWrite(got.etag, pointer.version, live=not pointer.deleted)
 
     def write(self, name: str, files: PromptFiles) -> Written:
@@ -319,12 +287,12 @@ class S3Registry(EntryTable):
         with self._lock:
             before = self._read_for_write(name)
             old = self._entries.get(name)
-            if before.etag is None or not before.live:
+            if not before.live:
                 if old is not None:  # gone from the bucket, not yet noticed here
                     self._apply(_Outcome(name, before.etag or ""))
                     self._publish({name: None})
                 raise UnknownTask(name)
-            tomb = Pointer(version=before.version, version_id=None, created=time.time())
+            tomb = Pointer(max(before.version, 1), version_id=None, created=time.time())
             self._seen[name] = self._flipper.flip(
                 name, tomb, before.etag, self.step, time.monotonic()
             )

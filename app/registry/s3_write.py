@@ -38,7 +38,7 @@ class ReadForWrite:
 
     etag: str | None  # None: no pointer yet
     version: int  # the last version handed out (0: none)
-    live: bool  # a servable entry exists (so a write replaces rather than creates)
+    live: bool  # a pointer that is not a tombstone (so a write replaces rather than creates)
 
 
 class Flipper:
