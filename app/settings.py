@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.dtype import DType, Quantize
+from app.location import S3Location, S3Options, parse_location
 
 
 def _default_cache_dir() -> Path:
@@ -22,7 +23,15 @@ class Settings(BaseSettings):
     model: str = Field(
         "default", description="'default', a Hugging Face model folder or a .gguf file"
     )
-    prompts: Path = Field(Path("prompts"), description="the prompt registry folder")
+    prompts: Path | S3Location = Field(
+        Path("prompts"), description="the prompt registry: a folder, or s3://BUCKET/PREFIX"
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="an S3-compatible server for s3:// prompts (default: AWS)"
+    )
+    registry_gc_grace_s: float = Field(
+        60.0, gt=0, description="s3:// prompts: superseded versions are deleted this long after"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: str = "cpu"
@@ -68,6 +77,16 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None
     log_level: str = "info"
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _prompts_location(cls, value: object) -> object:
+        # `s3://bucket/prefix` must not become a Path (which would fold the '//').
+        return parse_location(value) if isinstance(value, str) else value
+
+    @property
+    def s3_options(self) -> S3Options:
+        return S3Options(endpoint_url=self.s3_endpoint_url, gc_grace_s=self.registry_gc_grace_s)
 
     @field_validator("api_key", "admin_key", mode="before")
     @classmethod

@@ -65,9 +65,12 @@ def test_engine_overhead(tmp_path: Path) -> None:
 
 
 def test_registry_scale(tmp_path: Path) -> None:
-    r = run_bench("registry_scale", tmp_path, "--quick")
+    r = run_bench("registry_scale", tmp_path, "--quick", "--s3")
     assert [row["entries"] for row in r["rows"]] == [10, 100, 1000]
     assert all(positive(row["tensor_bytes"], row["lookup_ns"]) for row in r["rows"])
+    # The S3 backend: every prompt loaded, and an idle poll is one listing call.
+    assert [row["entries"] for row in r["s3_rows"]] == [10, 100]
+    assert all(row["poll_calls"] == 1 and positive(row["startup_s"]) for row in r["s3_rows"])
 
 
 def test_serve_http(tmp_path: Path) -> None:

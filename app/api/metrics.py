@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from app.bridge import BridgeStats, EngineBridge
 from app.engine import GenerationRequest
-from app.registry import Registry
+from app.registry import PromptRegistry
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -42,7 +42,7 @@ class LiveSources:
     """Where scrapes read live state: the bridge's typed stats record and the registry."""
 
     stats: Callable[[], BridgeStats]
-    registry: Registry
+    registry: PromptRegistry
 
 
 class _LiveState(Collector):
@@ -158,7 +158,7 @@ class Metrics:
         self._live: LiveSources | None = None
         r.register(_LiveState(lambda: self._live))
 
-    def attach(self, bridge: EngineBridge, registry: Registry) -> None:
+    def attach(self, bridge: EngineBridge, registry: PromptRegistry) -> None:
         self._live = LiveSources(stats=bridge.stats, registry=registry)
 
     # BridgeObserver

@@ -10,7 +10,7 @@ from app.api.tracking import Gate
 from app.bridge import BridgeConfig, EngineBridge
 from app.engine import Backend, Engine, EngineConfig
 from app.model import FrozenModel
-from app.registry import Limits, Registry, RegistryWatcher
+from app.registry import Limits, PromptRegistry, RegistryWatcher, open_registry
 from app.settings import Settings
 
 
@@ -18,7 +18,7 @@ from app.settings import Settings
 class Services:
     settings: Settings
     base: FrozenModel
-    registry: Registry
+    registry: PromptRegistry
     engine: Engine
     bridge: EngineBridge
     watcher: RegistryWatcher
@@ -45,7 +45,7 @@ def build_services(settings: Settings, base: FrozenModel, metrics: Metrics) -> S
     limits = Limits(
         max_virtual_tokens=settings.max_virtual_tokens, max_tensor_bytes=settings.max_upload_bytes
     )
-    registry = Registry(settings.prompts, base.spec, limits)
+    registry = open_registry(settings.prompts, base.spec, limits, settings.s3_options)
     registry.load_all()
     watcher = RegistryWatcher(registry, settings.registry_poll_s)
     watcher.start()

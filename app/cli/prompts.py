@@ -40,7 +40,9 @@ def add_commands(sub: Any) -> None:
     imp.add_argument("folder", type=Path)
     imp.add_argument("--task", required=True)
     imp.add_argument(
-        "--prompts", type=Path, default=Path(os.environ.get("SOFTSERVE_PROMPTS", "prompts"))
+        "--prompts",
+        default=os.environ.get("SOFTSERVE_PROMPTS", "prompts"),
+        help="the registry: a folder, or s3://BUCKET/PREFIX (endpoint: $SOFTSERVE_S3_ENDPOINT_URL)",
     )
     imp.add_argument("--model", default=os.environ.get("SOFTSERVE_MODEL", "default"))
 
@@ -114,19 +116,34 @@ def run_prompts(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from app.model import load_model_spec
-    from app.registry import InvalidPrompt, Registry
+    from app.registry import (
+        InvalidPrompt,
+        StoreUnavailable,
+        WriteConflict,
+        open_registry,
+        parse_location,
+    )
     from app.registry.store import read_prompt_folder
     from app.settings import Settings
 
-    spec = load_model_spec(args.model, Settings().cache_dir)
-    registry = Registry(args.prompts, spec)
+    settings = Settings()
+    try:
+        location = parse_location(args.prompts)
+    except ValueError as exc:
+        print(f"softserve: --prompts: {exc}", file=sys.stderr)
+        return 2
+    spec = load_model_spec(args.model, settings.cache_dir)
+    registry = open_registry(location, spec, options=settings.s3_options)
     try:
         files = read_prompt_folder(args.folder, registry.limits)
         entry = registry.put(args.task, files)  # validated completely, then written atomically
     except InvalidPrompt as exc:
         print(f"softserve: {args.folder}: {exc}", file=sys.stderr)
         return 1
+    except (WriteConflict, StoreUnavailable) as exc:
+        print(f"softserve: {location}: {exc}", file=sys.stderr)
+        return 1
     print(
-        f"imported {entry.name} ({entry.kind.value}, {entry.num_virtual_tokens} virtual tokens) into {args.prompts}"
+        f"imported {entry.name} ({entry.kind.value}, {entry.num_virtual_tokens} virtual tokens) into {location}"
     )
     return 0

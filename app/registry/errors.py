@@ -22,3 +22,20 @@ class UnknownTask(KeyError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(name)
+
+
+class WriteConflict(RuntimeError):
+    """Another writer changed the task while this write was in progress; this one lost.
+
+    Nothing of this write is served (its objects are removed); the caller may retry."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        self.name = name
+        super().__init__(
+            f"prompt '{name}' was changed by another writer while this write was in progress "
+            f"({detail}); this write was not applied: check the current version and retry"
+        )
+
+
+class StoreUnavailable(RuntimeError):
+    """The prompt store (e.g. the object-storage endpoint) could not be reached or refused."""

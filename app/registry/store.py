@@ -1,8 +1,9 @@
 """The prompt registry: task name -> immutable PromptEntry, backed by a PEFT-layout folder.
 
-Readers never lock: the mapping is replaced whole (copy-on-write), so a reader sees either the
-old or the new entry, never a half-updated one. Writes go through `disk` (atomic, crash-safe,
-serialized across processes); `sync` picks up what other processes (or people) changed.
+Readers never lock: the mapping is replaced whole (copy-on-write, see `base.EntryTable`), so a
+reader sees either the old or the new entry, never a half-updated one. Writes go through `disk`
+(atomic, crash-safe, serialized across processes); `sync` picks up what other processes (or
+people) changed.
 """
 
 from __future__ import annotations
@@ -12,24 +13,18 @@ import os
 import stat
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
+from typing import Protocol
 
 from app.model.spec import ModelSpec
 from app.registry import disk
+from app.registry.base import EntryTable, SkippedEntry, Written
 from app.registry.entry import PromptEntry, PromptFiles, build_entry
 from app.registry.errors import InvalidPrompt, UnknownTask
 from app.registry.names import validate_task_name
 from app.registry.peft_format import CONFIG_FILE, TASK_FILE, TENSOR_FILE, Limits
 
 log = logging.getLogger("softserve.registry")
-
-
-@dataclass(frozen=True)
-class SkippedEntry:
-    path: str
-    reason: str
 
 
 def _read_file(path: Path, limit: int) -> bytes:
@@ -76,47 +71,20 @@ def read_prompt_folder(folder: Path, limits: Limits) -> PromptFiles:
     )
 
 
-class Registry:
+class Registry(EntryTable):
     def __init__(self, root: Path, spec: ModelSpec, limits: Limits | None = None) -> None:
+        super().__init__(limits or Limits())
         self.root = root
         self.spec = spec
-        self.limits = limits or Limits()
-        self._entries: MappingProxyType[str, PromptEntry] = MappingProxyType({})
-        self._skipped: dict[str, SkippedEntry] = {}
         self._seen: dict[str, disk.FolderSignature | None] = {}  # what each entry was loaded from
         self._pending: dict[str, disk.FolderSignature | None] = {}  # changed, waiting to settle
         self._versions: dict[str, int] = {}  # last version handed out, kept across deletes
         self._lock = threading.RLock()
-        self._swaps = 0
         self.step: disk.Step = lambda _: None  # test seam: see disk.write_entry
 
-    # -- reads (lock-free) ------------------------------------------------------------------
-
     @property
-    def skipped(self) -> tuple[SkippedEntry, ...]:
-        """Folders that failed validation at the last scan, with the reason."""
-        return tuple(self._skipped[name] for name in sorted(self._skipped))
-
-    @property
-    def swaps(self) -> int:
-        """Entries added, replaced or removed since start-up."""
-        return self._swaps
-
-    def get(self, name: str) -> PromptEntry:
-        entry = self._entries.get(name)
-        if entry is None:
-            raise UnknownTask(name)
-        return entry
-
-    def entries(self) -> tuple[PromptEntry, ...]:
-        snapshot = self._entries
-        return tuple(snapshot[name] for name in sorted(snapshot))
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
+    def location(self) -> str:
+        return str(self.root)
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -130,16 +98,6 @@ class Registry:
         return build_entry(
             name, files, spec=self.spec, limits=self.limits, version=version, created=created
         )
-
-    def _publish(self, changes: dict[str, PromptEntry | None]) -> None:
-        merged = dict(self._entries)
-        for name, entry in changes.items():
-            if entry is None:
-                merged.pop(name, None)
-            else:
-                merged[name] = entry
-        self._entries = MappingProxyType(merged)
-        self._swaps += len(changes)
 
     def _load_folder(self, name: str, folder: Path) -> PromptEntry | None:
         try:
@@ -214,9 +172,13 @@ class Registry:
     # -- writes -----------------------------------------------------------------------------
 
     def put(self, name: str, files: PromptFiles) -> PromptEntry:
+        return self.write(name, files).entry
+
+    def write(self, name: str, files: PromptFiles) -> Written:
         """Validate completely, then persist atomically and publish. Servable on return."""
         validate_task_name(name)
         with self._lock:
+            created = name not in self._entries
             entry = self._build(name, files, created=time.time())
             with disk.locked(self.root, exclusive=True):
                 disk.recover(self.root)
@@ -226,7 +188,7 @@ class Registry:
             self._skipped.pop(name, None)
             self._versions[name] = entry.version
             self._publish({name: entry})
-        return entry
+        return Written(entry, created)
 
     def delete(self, name: str) -> PromptEntry | None:
         """Remove the folder and the entry. Running requests keep the version they hold."""
@@ -246,10 +208,14 @@ class Registry:
             return old
 
 
-class RegistryWatcher:
-    """Polls the folder so replicas sharing it converge within about two poll intervals."""
+class Syncable(Protocol):
+    def sync(self) -> int: ...
 
-    def __init__(self, registry: Registry, interval_s: float = 0.5) -> None:
+
+class RegistryWatcher:
+    """Polls the store so replicas sharing it converge within about two poll intervals."""
+
+    def __init__(self, registry: Syncable, interval_s: float = 0.5) -> None:
         self.registry = registry
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -268,5 +234,5 @@ class RegistryWatcher:
         while not self._stop.wait(self.interval_s):
             try:
                 self.registry.sync()
-            except Exception:  # a transient filesystem error must not kill the watcher
+            except Exception:  # a transient store error must not kill the watcher
                 log.exception("registry sync failed")

@@ -10,13 +10,25 @@ from app.api.deps import ApiKeyDep, ServicesDep
 from app.api.errors import ApiError
 from app.api.routes.common import ERRORS
 from app.api.schemas import PromptDeleted, PromptInfo, PromptList, SkippedInfo
-from app.registry import InvalidPrompt, PromptEntry, PromptFiles, UnknownTask, validate_task_name
+from app.registry import (
+    InvalidPrompt,
+    PromptEntry,
+    PromptFiles,
+    StoreUnavailable,
+    UnknownTask,
+    WriteConflict,
+    validate_task_name,
+)
 from fastapi import APIRouter, File, Request, Response, UploadFile
 
 router = APIRouter(dependencies=[ApiKeyDep], tags=["prompts"])
 
 CONFIG, TENSOR, TASK = "adapter_config.json", "adapter_model.safetensors", "task.json"
-ADMIN_ERRORS = {**ERRORS, 403: ERRORS[401] | {"description": "not allowed to change prompts"}}
+ADMIN_ERRORS = {
+    **ERRORS,
+    403: ERRORS[401] | {"description": "not allowed to change prompts"},
+    409: ERRORS[401] | {"description": "another writer changed the task at the same time"},
+}
 
 
 def info(entry: PromptEntry) -> PromptInfo:
@@ -43,6 +55,17 @@ def _task(task: str) -> str:
 
 def _unknown(task: str) -> ApiError:
     return ApiError(404, f"no prompt named '{task}'", param="task", code="prompt_not_found")
+
+
+def _store_error(exc: WriteConflict | StoreUnavailable) -> ApiError:
+    if isinstance(exc, WriteConflict):  # a bucket shared by replicas: the other write won
+        return ApiError(409, str(exc), param="task", code="write_conflict")
+    return ApiError(
+        503,
+        f"the prompt store is unavailable: {exc}",
+        code="store_unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
 @router.get("/v1/prompts", response_model=PromptList, responses=ERRORS)
@@ -112,13 +135,14 @@ async def put_prompt(
         adapter_model=await _read(adapter_model, limits.max_tensor_bytes) or b"",
         task=await _read(task_json, limits.max_config_bytes),
     )
-    existed = name in services.registry
     try:
-        entry = await asyncio.to_thread(services.registry.put, name, files)
+        written = await asyncio.to_thread(services.registry.write, name, files)
     except InvalidPrompt as exc:
         raise ApiError(400, str(exc), param=exc.param, code="invalid_prompt") from None
-    response.status_code = 200 if existed else 201
-    return info(entry)
+    except (WriteConflict, StoreUnavailable) as exc:
+        raise _store_error(exc) from None
+    response.status_code = 201 if written.created else 200
+    return info(written.entry)
 
 
 @router.delete(
@@ -133,4 +157,6 @@ async def delete_prompt(task: str, services: ServicesDep) -> PromptDeleted:
         await asyncio.to_thread(services.registry.delete, name)
     except UnknownTask:
         raise _unknown(task) from None
+    except (WriteConflict, StoreUnavailable) as exc:
+        raise _store_error(exc) from None
     return PromptDeleted(id=name, deleted=True)
