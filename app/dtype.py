@@ -25,5 +25,6 @@ class DType(StrEnum):
 
 
 class Quantize(StrEnum):
+    AUTO = "auto"  # int8 where the lean forward runs in bfloat16, else none
     NONE = "none"
     INT8 = "int8"  # weight-only, per output channel, bfloat16 activations (lean forward only)

@@ -4,6 +4,7 @@ kernels switch by step size, and architectures outside the Llama family fall bac
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -120,3 +121,20 @@ def test_slots_are_reused_and_cache_grows(tiny: FrozenModel) -> None:
     assert runner.free_slots == 2
     alone = run_to_completion(Engine(tiny), GenerationRequest("long", ids, params))
     assert tokens_of(alone["long"]) == tokens_of(outs["long"])
+
+
+def test_background_quantization_upgrades_between_steps(tiny: FrozenModel) -> None:
+    """The server answers with bf16 weights at once; int8 ones take over at a step boundary."""
+    base = _in_dtype(tiny, torch.bfloat16)
+    config = EngineConfig(quantize=Quantize.INT8, int8_max_tokens=4, quantize_in_background=True)
+    engine = Engine(base, config)
+    runner = engine.runner
+    assert isinstance(runner, LeanRunner)
+    params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    ids = tuple(base.tokenizer("Hello")["input_ids"])
+    deadline = time.monotonic() + 30
+    while runner.model.layers[0].qkv.qweight is None and time.monotonic() < deadline:
+        run_to_completion(engine, GenerationRequest(f"r{time.monotonic()}", ids, params))
+        time.sleep(0.01)
+    assert runner.model.layers[0].qkv.qweight is not None
+    assert runner.model.int8_max_tokens == 4

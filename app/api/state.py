@@ -59,6 +59,7 @@ def build_services(settings: Settings, base: FrozenModel, metrics: Metrics) -> S
             quantize=settings.quantize,
             int8_max_tokens=settings.int8_max_tokens,
             prefill_chunk=settings.prefill_chunk,
+            quantize_in_background=True,  # answer at once; int8 kernels a second or two later
         ),
     )
     bridge = EngineBridge(

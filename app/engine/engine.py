@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -54,9 +55,10 @@ class EngineConfig:
     backend: Backend = Backend.AUTO
     quantize: Quantize = Quantize.NONE
     int8_max_tokens: int = 1 << 30  # with int8: steps of more tokens use the bf16 weights
-    prefill_chunk: int = (
-        256  # prompt tokens per step (lean forward): long prompts never stall decode
-    )
+    # Prompt tokens per step (lean forward): a long prompt never stalls the decoding rows.
+    prefill_chunk: int = 256
+    # Quantize on a background thread and serve bf16 meanwhile (a server starts ~2 s sooner).
+    quantize_in_background: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,19 +95,33 @@ class _Row:
 def make_runner(base: FrozenModel, config: EngineConfig, max_context: int) -> Runner:
     if config.backend is not Backend.HF:
         try:
-            model = lean.build(
-                base.model,
-                dtype=base.dtype,
-                quantize=config.quantize,
-                int8_max_tokens=config.int8_max_tokens,
-                max_positions=max_context,
+            model = lean.build(base.model, dtype=base.dtype, max_positions=max_context)
+            int8 = config.quantize is Quantize.INT8 or (
+                config.quantize is Quantize.AUTO and base.dtype == torch.bfloat16
             )
-            return LeanRunner(model, base, config.max_batch_size, max_context)
+            if int8 and not config.quantize_in_background:
+                model = lean.quantize_int8(model, config.int8_max_tokens)
+            runner = LeanRunner(model, base, config.max_batch_size, max_context)
+            if int8 and config.quantize_in_background:
+                _quantize_later(runner, model, config.int8_max_tokens)
+            return runner
         except LeanUnsupported as exc:
-            if config.backend is Backend.LEAN or config.quantize is not Quantize.NONE:
+            if config.backend is Backend.LEAN or config.quantize is Quantize.INT8:
                 raise
             log.info("lean forward unavailable (%s): using the model's own forward", exc)
     return HFRunner(base, config.max_batch_size)
+
+
+def _quantize_later(runner: LeanRunner, model: lean.LeanModel, int8_max_tokens: int) -> None:
+    if model.dtype != torch.bfloat16:  # the same check, before the thread: fail at start-up
+        lean.quantize_int8(model, int8_max_tokens)
+
+    def work() -> None:
+        started = time.perf_counter()
+        runner.upgrade(lean.quantize_int8(model, int8_max_tokens))
+        log.info("int8 weights ready after %.1f s", time.perf_counter() - started)
+
+    threading.Thread(target=work, name="softserve-quantize", daemon=True).start()
 
 
 class Engine:

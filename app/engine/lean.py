@@ -12,7 +12,7 @@ treat every token alone, and attention reads only the row's own slot.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -101,9 +101,7 @@ def check_supported(model: PreTrainedModel) -> None:
         raise LeanUnsupported("sliding-window attention")
 
 
-def _linear(
-    modules: list[torch.nn.Linear], dtype: torch.dtype, quantize: Quantize, keep_full: bool
-) -> Linear:
+def _linear(modules: list[torch.nn.Linear], dtype: torch.dtype) -> Linear:
     weight = torch.cat([m.weight.detach() for m in modules]).to(dtype)  # [out, in]
     biases = [m.bias for m in modules]
     bias = None
@@ -114,16 +112,41 @@ def _linear(
                 for b, m in zip(biases, modules, strict=True)
             ]
         ).to(dtype)
-    if quantize is Quantize.NONE:
-        return Linear(weight=weight.contiguous(), bias=bias)
-    full = weight.float()
+    return Linear(weight=weight.contiguous(), bias=bias)
+
+
+def _int8(linear: Linear, keep_full: bool) -> Linear:
+    """Symmetric per-output-channel int8: w ~= qweight * scale, |qweight| <= 127."""
+    assert linear.weight is not None
+    full = linear.weight.float()
     scales = full.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [out]
     qweight = torch.round(full / scales[:, None]).clamp(-127, 127).to(torch.int8)
     return Linear(
-        weight=weight.contiguous() if keep_full else None,
-        bias=bias,
+        weight=linear.weight if keep_full else None,
+        bias=linear.bias,
         qweight=qweight.contiguous(),
-        scales=scales.to(dtype),
+        scales=scales.to(linear.weight.dtype),
+    )
+
+
+def quantize_int8(lean: LeanModel, int8_max_tokens: int = 1 << 30) -> LeanModel:
+    """The same model with int8 linears, used for steps of at most `int8_max_tokens` tokens (the
+    bf16 weights are kept for larger steps, unless every step uses int8)."""
+    if lean.dtype != torch.bfloat16:
+        raise LeanUnsupported("int8 weights need bfloat16 activations (--dtype bfloat16)")
+    keep = int8_max_tokens < (1 << 30)
+    layers = tuple(
+        replace(
+            layer,
+            qkv=_int8(layer.qkv, keep),
+            o=_int8(layer.o, keep),
+            gate_up=_int8(layer.gate_up, keep),
+            down=_int8(layer.down, keep),
+        )
+        for layer in lean.layers
+    )
+    return replace(
+        lean, layers=layers, lm_head=_int8(lean.lm_head, keep), int8_max_tokens=int8_max_tokens
     )
 
 
@@ -135,26 +158,23 @@ def build(
     int8_max_tokens: int = 1 << 30,
     max_positions: int,
 ) -> LeanModel:
-    """Pull the weights out of a loaded HF model of the Llama family (shared, not copied, where the
-    dtype already matches)."""
+    """Pull the weights out of a loaded HF model of the Llama family (q/k/v and gate/up fused)."""
     check_supported(model)
     if quantize is Quantize.INT8 and dtype != torch.bfloat16:
         raise LeanUnsupported("int8 weights need bfloat16 activations (--dtype bfloat16)")
     config = model.config
     inner = model.model
-    # The bf16 copy is kept beside int8 only when some steps will use it.
-    keep_full = quantize is Quantize.NONE or int8_max_tokens < (1 << 30)
     layers = []
     for block in inner.layers:
         attn, mlp = block.self_attn, block.mlp
         layers.append(
             Layer(
                 attn_norm=block.input_layernorm.weight.detach().to(dtype),
-                qkv=_linear([attn.q_proj, attn.k_proj, attn.v_proj], dtype, quantize, keep_full),
-                o=_linear([attn.o_proj], dtype, quantize, keep_full),
+                qkv=_linear([attn.q_proj, attn.k_proj, attn.v_proj], dtype),
+                o=_linear([attn.o_proj], dtype),
                 mlp_norm=block.post_attention_layernorm.weight.detach().to(dtype),
-                gate_up=_linear([mlp.gate_proj, mlp.up_proj], dtype, quantize, keep_full),
-                down=_linear([mlp.down_proj], dtype, quantize, keep_full),
+                gate_up=_linear([mlp.gate_proj, mlp.up_proj], dtype),
+                down=_linear([mlp.down_proj], dtype),
             )
         )
     num_heads = int(config.num_attention_heads)
@@ -164,11 +184,11 @@ def build(
     positions = torch.arange(max_positions, device=device)[None]  # [1, S]
     probe = torch.zeros(1, dtype=dtype, device=device)
     cos, sin = inner.rotary_emb(probe, positions)  # [1, S, hd] each
-    return LeanModel(
+    lean = LeanModel(
         embed=inner.embed_tokens.weight.detach().to(dtype),
         layers=tuple(layers),
         norm=inner.norm.weight.detach().to(dtype),
-        lm_head=_linear([model.lm_head], dtype, quantize, keep_full),
+        lm_head=_linear([model.lm_head], dtype),
         cos=cos[0].to(dtype),
         sin=sin[0].to(dtype),
         eps=float(getattr(config, "rms_norm_eps", 1e-6)),
@@ -176,8 +196,9 @@ def build(
         num_kv_heads=int(getattr(config, "num_key_value_heads", None) or num_heads),
         head_dim=head_dim,
         dtype=dtype,
-        int8_max_tokens=int8_max_tokens if quantize is Quantize.INT8 else -1,
+        int8_max_tokens=-1,
     )
+    return quantize_int8(lean, int8_max_tokens) if quantize is Quantize.INT8 else lean
 
 
 # -- the forward ----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class LeanRunner:
 
     def __init__(self, model: LeanModel, base: FrozenModel, num_slots: int, max_len: int) -> None:
         self.model = model
+        self._upgrade: LeanModel | None = None
         spec = base.spec
         self._make_cache = lambda: SlotCache(
             num_layers=spec.num_layers,
@@ -61,7 +62,13 @@ class LeanRunner:
     def admit(self, prefix: KVPrefix | None) -> int:
         return self.cache.allocate(None if prefix is None else prefix.kv.to(self.model.dtype))
 
+    def upgrade(self, model: LeanModel) -> None:
+        """Any thread: `model` (same weights, other kernels) serves from the next step on."""
+        self._upgrade = model
+
     def forward(self, segments: list[Segment]) -> tuple[list[int], torch.Tensor]:
+        if self._upgrade is not None:  # between steps, so a step never mixes two models
+            self.model, self._upgrade = self._upgrade, None
         logits = lean.forward(self.model, self.cache, segments)
         return [s.slot for s in lean.emit_order(segments)], logits
 
