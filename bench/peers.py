@@ -103,7 +103,9 @@ def _body(server: Server, index: int, persona_case: bool, max_tokens: int) -> tu
 async def closed_loop(
     server: Server, streams: int, per_stream: int, persona_case: bool, max_tokens: int
 ) -> Run:
-    limits = httpx.Limits(max_connections=streams + 4)
+    # A fresh connection per request, for every server alike: llama-server drops kept-alive
+    # connections after a streamed answer, and a reused dead one fails the request.
+    limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as client:
 
         async def worker(w: int) -> list[tuple[int, float]]:
@@ -125,7 +127,10 @@ def start_llama(binary: Path, gguf: Path, slots: int) -> tuple[subprocess.Popen[
     cmd = [str(binary), "-m", str(gguf), "--alias", "x", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["-t", "2", "-tb", "2", "-c", str(2048 * slots), "-np", str(slots), "-cb"]
     cmd += ["-b", "2048", "-ub", "512"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = results_dir() / f"llama-server-{gguf.stem}.log"  # for a crash's reason
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, 120, alive=lambda: proc.poll() is None)
     return proc, url
