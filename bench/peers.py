@@ -127,7 +127,7 @@ def start_llama(binary: Path, gguf: Path, slots: int) -> tuple[subprocess.Popen[
     cmd = [str(binary), "-m", str(gguf), "--alias", "x", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["-t", "2", "-tb", "2", "-c", str(2048 * slots), "-np", str(slots), "-cb"]
     cmd += ["-b", "2048", "-ub", "512"]
-    log = results_dir() / f"llama-server-{gguf.stem}.log"  # for a crash's reason
+    log = results_dir() / "tmp" / f"llama-server-{gguf.stem}.log"  # why, if it crashes
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
