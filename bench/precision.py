@@ -18,7 +18,7 @@ from app.model import DType, FrozenModel, Quantize, load_base_model
 from app.registry import Registry
 from app.render import ChatMessage, chat_ids, render_completion
 from app.settings import Settings
-from bench.common import write
+from bench.common import plot_bars, write
 
 ROOT = Path(__file__).resolve().parent.parent
 SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -158,6 +158,16 @@ def main() -> None:
             f"{r['greedy_agreement']:.3f} | {r['greedy_exact']} |"
         )
     write("precision", {"rows": rows, "tokens": args.tokens, "questions": QUESTIONS})
+    plot_bars(
+        "precision",
+        "Quality per weight-precision setting",
+        [r["setting"].split(" (")[0].replace(", HF forward", " HF") for r in rows],
+        {
+            "SST-2 dev accuracy": [r["sst2_accuracy"] for r in rows],
+            "greedy agreement with fp32": [r["greedy_agreement"] for r in rows],
+        },
+        "share",
+    )
 
 
 if __name__ == "__main__":

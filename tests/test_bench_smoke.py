@@ -86,3 +86,15 @@ def test_cold_start(tmp_path: Path) -> None:
     first, cached = r["runs"]
     assert "Paris" in first["answer"] and "Paris" in cached["answer"]
     assert positive(first["first_answer_s"], cached["first_answer_s"])
+
+
+@pytest.mark.skipif(
+    not (ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv").is_file(),
+    reason="SST-2 dev data (../shared/data/sst2) is not beside this checkout",
+)
+def test_precision(tmp_path: Path) -> None:
+    r = run_bench("precision", tmp_path, "--quick")
+    assert [row["setting"] for row in r["rows"]] == ["float32", "bfloat16"]
+    assert all(row["sst2_reviews"] == 64 for row in r["rows"])
+    assert r["rows"][0]["greedy_agreement"] == 1.0  # fp32 is its own reference
+    assert all(0.5 < row["sst2_accuracy"] <= 1.0 for row in r["rows"])
