@@ -241,13 +241,18 @@ def test_sigterm_drains_then_exits_zero(tiny_folder: Path, tmp_path: Path) -> No
             "--max-batch-size",
             "1",
         ],
-        env={**env, "PYTHONPATH": str(ROOT), "SOFTSERVE_DRAIN_S": "20"},
+        env={
+            **env,
+            "PYTHONPATH": str(ROOT),
+            "SOFTSERVE_DRAIN_S": "20",
+            "SOFTSERVE_DTYPE": "float32",
+        },
         cwd=ROOT,
     )
     try:
         assert wait_until(lambda: _healthy(url), timeout=90)
         model = tiny_folder.name  # a model loaded from a folder is named after it
-        body = {**BODY, "model": model, "max_tokens": 480, "stream": True}
+        body = {**BODY, "model": model, "max_tokens": 200, "stream": True}
 
         async def scenario() -> tuple[list[list[str]], int, int]:
             async with httpx.AsyncClient(base_url=url, timeout=60) as http:

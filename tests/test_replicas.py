@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTSERVE_")}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
+    # fp32: the tiny model's answers stay those of the in-process fp32 model.
+    return {**env, "PYTHONPATH": str(ROOT), "SOFTSERVE_DTYPE": "float32", **extra}
 
 
 class Process:

@@ -45,6 +45,8 @@ def _env(s3: S3Server, **extra: str) -> dict[str, str]:
         **CREDENTIALS,
         "PYTHONPATH": str(ROOT),
         "SOFTSERVE_S3_ENDPOINT_URL": s3.endpoint,
+        # fp32: answers are compared with the in-process fp32 model's, token for token.
+        "SOFTSERVE_DTYPE": "float32",
         # Several processes share few cores: one torch thread each (the model is tiny), so
         # they do not spin against each other.
         "OMP_NUM_THREADS": "1",
