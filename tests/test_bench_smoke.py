@@ -83,3 +83,9 @@ def test_cold_start(tmp_path: Path) -> None:
     first, cached = r["runs"]
     assert "Paris" in first["answer"] and "Paris" in cached["answer"]
     assert positive(first["first_answer_s"], cached["first_answer_s"])
+
+
+def test_constrained(tmp_path: Path) -> None:
+    r = run_bench("constrained", tmp_path, "--quick")
+    assert positive(r["step_ms"]["unconstrained"], r["step_ms"]["constrained"], r["ratio"])
+    assert positive(r["libraries"]["llguidance"]["mask_us_per_token"])
