@@ -226,7 +226,6 @@ def test_openai_errors(client: openai.OpenAI) -> None:
     ("path", "body", "status", "param"),
     [
         ("/v1/completions", {"model": "pt", "prompt": "x", "top_p": 0}, 400, "top_p"),
-        ("/v1/completions", {"model": "pt", "prompt": "x", "tempreature": 0.5}, 400, "tempreature"),
         ("/v1/completions", {"model": "pt"}, 400, "prompt"),
         ("/v1/completions", {"model": "pt", "prompt": "x", "n": 9}, 400, "n"),
         (

@@ -98,3 +98,9 @@ def test_precision(tmp_path: Path) -> None:
     assert all(row["sst2_reviews"] == 64 for row in r["rows"])
     assert r["rows"][0]["greedy_agreement"] == 1.0  # fp32 is its own reference
     assert all(0.5 < row["sst2_accuracy"] <= 1.0 for row in r["rows"])
+
+
+def test_constrained(tmp_path: Path) -> None:
+    r = run_bench("constrained", tmp_path, "--quick")
+    assert positive(r["step_ms"]["unconstrained"], r["step_ms"]["constrained"], r["ratio"])
+    assert positive(r["libraries"]["llguidance"]["mask_us_per_token"])

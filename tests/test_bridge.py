@@ -106,7 +106,7 @@ def test_invalid_request_is_refused_before_anything_is_queued(
     tiny: FrozenModel, bridge: EngineBridge
 ) -> None:
     async def submit() -> None:
-        bridge.submit([_req(tiny, "ok", 3), _req(tiny, "bad", 0)])
+        bridge.submit([_req(tiny, "ok", 3), _req(tiny, "bad", -1)])
 
     with pytest.raises(RequestError) as err:
         asyncio.run(submit())

@@ -46,7 +46,7 @@ def test_configured_context_is_capped_by_model(tiny: FrozenModel) -> None:
     ("ids", "kw", "param"),
     [
         ((), {}, "prompt"),
-        ((1,), {"max_tokens": 0}, "max_tokens"),
+        ((1,), {"max_tokens": -1}, "max_tokens"),
         ((1,), {"temperature": -1.0}, "temperature"),
         ((1,), {"top_p": 0.0}, "top_p"),
         ((1,), {"top_p": 1.5}, "top_p"),

@@ -82,11 +82,11 @@ def _lean_logits(
             part = tuple(ids[start : start + chunk])
             done = start + len(part) == len(ids)
             seg = lean.Segment(slot, part, prefix.length + start, emit=done)
-            _, out = runner.forward([seg])
+            out = runner.forward([seg]).logits
             logits += [out] if done else []
         position = prefix.length + len(ids)
         for token in tokens[:-1]:
-            _, out = runner.forward([lean.Segment(slot, (token,), position, emit=True)])
+            out = runner.forward([lean.Segment(slot, (token,), position, emit=True)]).logits
             logits.append(out)
             position += 1
     return torch.cat(logits)

@@ -75,3 +75,28 @@ def test_the_system_prompt_rule(tiny: FrozenModel) -> None:
     assert with_system_prompt((user,), None) == (user,)
     own = (user, ChatMessage("developer", "terse"))
     assert with_system_prompt(own, PERSONA) == own
+
+
+def test_agent_history_renders_calls_for_either_kind_of_template(tiny: FrozenModel) -> None:
+    from app.render import ToolCall, chat_text
+    from tests.test_structured import TOOL_TEMPLATE
+
+    call = ToolCall(id="c1", name="weather", arguments='{"city": "Paris"}')
+    history = (
+        ChatMessage("user", "Weather?"),
+        ChatMessage("assistant", "", tool_calls=(call,)),
+        ChatMessage("tool", "sunny", tool_call_id="c1"),
+    )
+    # A template that knows no tools reads the call as text in the assistant's turn ...
+    plain = chat_text(tiny.tokenizer, history)
+    assert '<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call>' in plain
+    # ... one that does renders it itself, from the parsed arguments, and lists the tools.
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {}}}
+    original = tiny.tokenizer.chat_template
+    try:
+        tiny.tokenizer.chat_template = TOOL_TEMPLATE
+        aware = chat_text(tiny.tokenizer, history, tools=[tool])
+    finally:
+        tiny.tokenizer.chat_template = original
+    assert '"name": "weather"' in aware and '{"city": "Paris"}' in aware
+    assert aware.startswith("<|im_start|>system\nTools:")

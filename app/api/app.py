@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
-from app.api.routes import chat, completions, health, metrics, models, prompts
+from app.api.routes import chat, completions, health, metrics, models, prompts, tokenizer
 from app.api.state import Runtime, build_services
 from app.model import FrozenModel, load_base_model
 from app.settings import Settings
@@ -97,6 +97,6 @@ def create_app(settings: Settings, base: FrozenModel | None = None) -> FastAPI:
             else settings.max_body_bytes
         ),
     )
-    for module in (health, metrics, models, completions, chat, prompts):
+    for module in (health, metrics, models, completions, chat, prompts, tokenizer):
         app.include_router(module.router)
     return app

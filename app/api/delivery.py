@@ -28,8 +28,10 @@ class ChoiceResult:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
 
     def add(self, out: RequestOutput) -> None:
+        self.prompt_logprobs = out.prompt_logprobs or self.prompt_logprobs
         self.text += out.text
         self.token_ids.extend(out.token_ids)
         self.logprobs.extend(out.logprobs)

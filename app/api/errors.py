@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from app.bridge import BridgeStopped, Overloaded
 from app.engine import RequestError
@@ -92,9 +94,31 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _body_error(request: Request, errors: Sequence[Any]) -> JSONResponse | None:
+    """A body that is not JSON at all: say so (and where), rather than naming a character
+    offset as the parameter or complaining that a string is not an object."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        where = first.get("loc", ())[-1]
+        message = f"the request body is not valid JSON: {ctx.get('error', 'parse error')} at character {where}"
+        return error_response(400, message, param="body", code="invalid_json")
+    content_type = request.headers.get("content-type", "")
+    if tuple(first.get("loc", ())) == ("body",) and "json" not in content_type:
+        message = (
+            f"the request body must be a JSON object sent with 'Content-Type: application/json' "
+            f"(got Content-Type {content_type or 'none'!r})"
+        )
+        return error_response(400, message, param="body", code="invalid_content_type")
+    return None
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
+    body_error = _body_error(request, errors)
+    if body_error is not None:
+        return body_error
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = _validation_param(tuple(first.get("loc", ())))
     message = "; ".join(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +15,9 @@ from app.render import RenderError, TaskStyle, render_chat, render_completion
 class Prompts:
     """A request's prompts, rendered: one per prompt of a completions body, one for a chat."""
 
-    texts: tuple[str, ...]  # what the model reads (echoed, logged)
+    texts: tuple[str, ...]  # what the model reads (logged)
     ids: tuple[tuple[int, ...], ...]
+    sent: tuple[str, ...]  # what the caller sent, before any template (echoed)
 
     @property
     def tokens(self) -> int:
@@ -37,22 +39,30 @@ def completion_prompts(tokenizer: Any, prompt: PromptInput, style: TaskStyle) ->
     """Text prompts get the task's template; token-id prompts are taken as they are."""
     texts: list[str] = []
     ids: list[tuple[int, ...]] = []
+    sent: list[str] = []
     for item in _batch(prompt):
         if isinstance(item, str):
             rendered = render_completion(tokenizer, style, item)
             texts.append(rendered.text)
             ids.append(rendered.ids)
+            sent.append(item)
             continue
         if item and not all(0 <= t < len(tokenizer) for t in item):
             raise ApiError(400, f"token ids must be in [0, {len(tokenizer)})", param="prompt")
         texts.append(str(tokenizer.decode(item)))
         ids.append(tuple(item))
-    return Prompts(texts=tuple(texts), ids=tuple(ids))
+        sent.append(texts[-1])
+    return Prompts(texts=tuple(texts), ids=tuple(ids), sent=tuple(sent))
 
 
-def chat_prompts(tokenizer: Any, messages: list[ChatMessageBody], style: TaskStyle) -> Prompts:
+def chat_prompts(
+    tokenizer: Any,
+    messages: list[ChatMessageBody],
+    style: TaskStyle,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> Prompts:
     try:
-        rendered = render_chat(tokenizer, style, [m.to_message() for m in messages])
+        rendered = render_chat(tokenizer, style, [m.to_message() for m in messages], tools)
     except RenderError as exc:
         raise ApiError(400, str(exc), param="messages") from None
-    return Prompts(texts=(rendered.text,), ids=(rendered.ids,))
+    return Prompts(texts=(rendered.text,), ids=(rendered.ids,), sent=(rendered.text,))

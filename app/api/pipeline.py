@@ -17,9 +17,10 @@ from typing import Any, Protocol
 
 from app.api.delivery import ChoiceResult, collect, finish_text, stream
 from app.api.errors import DOMAIN_ERRORS, ApiError, domain_error
+from app.api.grammar import Grammar, Grammars
 from app.api.inputs import Prompts
-from app.api.sampling import deadline
-from app.api.schemas import SamplingFields, Usage
+from app.api.sampling import deadline, note_ignored
+from app.api.schemas import PromptTokensDetails, SamplingFields, Usage
 from app.api.state import Runtime, Services
 from app.api.tracking import Tracker
 from app.bridge import Overloaded, Submission
@@ -67,6 +68,7 @@ class ChoiceOutput:
     index: int
     first: bool  # the choice's first output (chat sends the role, completions the echo)
     output: RequestOutput
+    usage: Usage | None = None  # the usage so far (`stream_options.continuous_usage_stats`)
 
 
 class Endpoint(Protocol):
@@ -83,6 +85,8 @@ class Endpoint(Protocol):
     def render(self, style: TaskStyle) -> Prompts: ...
 
     def sampling(self, meta: TaskMeta) -> SamplingParams: ...
+
+    def constraint(self, meta: TaskMeta, grammars: Grammars) -> Grammar | None: ...
 
     def chunks(self, reply: Reply, choice: ChoiceOutput) -> list[str]: ...
 
@@ -174,6 +178,7 @@ async def _run(
     runtime: Runtime, services: Services, request: Request, endpoint: Endpoint, tracker: Tracker
 ) -> Any:
     body, settings = endpoint.body, services.settings
+    note_ignored(body, runtime.ignored_fields)
     endpoint.check()
     tracker.model = body.model
     target = resolve_target(services, body.model)
@@ -181,7 +186,10 @@ async def _run(
     prompts = endpoint.render(target.meta.style)
     tracker.prompt_tokens, tracker.prompt_text = prompts.tokens, "\n".join(prompts.texts)
     deadline_at = deadline(tracker.arrived, body, settings.request_timeout_s)
-    params = endpoint.sampling(target.meta)
+    params = replace(
+        endpoint.sampling(target.meta),
+        constraint=endpoint.constraint(target.meta, services.grammars),
+    )
     prepared = fan_out(prompts, body.n, params, target.soft_prompt, deadline_at)
     try:
         submission = services.bridge.submit([p.request for p in prepared])
@@ -192,8 +200,13 @@ async def _run(
 
     def usage() -> Usage:
         made = tracker.completion_tokens
+        # Counted once per prompt, as prompt_tokens is (not once per choice).
+        cached = sum(tracker.cached.get(r, 0) for r, i in indices.items() if i % body.n == 0)
         return Usage(
-            prompt_tokens=prompts.tokens, completion_tokens=made, total_tokens=prompts.tokens + made
+            prompt_tokens=prompts.tokens,
+            completion_tokens=made,
+            total_tokens=prompts.tokens + made,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
         )
 
     if body.stream:
@@ -213,15 +226,18 @@ def _stream(
     usage: Callable[[], Usage],
 ) -> StreamingResponse:
     started: set[int] = set()
+    options = endpoint.body.stream_options
+    continuous = options is not None and options.continuous_usage_stats
 
     def render(out: RequestOutput) -> list[str]:
         index = indices[out.request_id]
         first = index not in started
         started.add(index)
-        return endpoint.chunks(reply, ChoiceOutput(index, first, out))
+        return endpoint.chunks(
+            reply, ChoiceOutput(index, first, out, usage() if continuous else None)
+        )
 
     def closing() -> list[str]:
-        options = endpoint.body.stream_options
         return [endpoint.usage_chunk(reply, usage())] if options and options.include_usage else []
 
     return stream(submission, tracker, render, closing)

@@ -3,10 +3,14 @@ defaults, then OpenAI's defaults; and the OpenAI fields Softserve refuses."""
 
 from __future__ import annotations
 
+import logging
+
 from app.api.errors import ApiError
 from app.api.schemas import SamplingFields
 from app.engine import SamplingParams
 from app.registry import SamplingDefaults
+
+log = logging.getLogger("softserve.api")
 
 
 def check_supported(body: SamplingFields, max_n: int) -> None:
@@ -17,6 +21,13 @@ def check_supported(body: SamplingFields, max_n: int) -> None:
         raise ApiError(400, "logit_bias is not supported", param="logit_bias")
     if body.n > max_n:
         raise ApiError(400, f"n must be <= {max_n}, got {body.n}", param="n")
+
+
+def note_ignored(body: SamplingFields, seen: set[str]) -> None:
+    """Unknown top-level fields are ignored, as vLLM does; each name is logged once per server."""
+    for name in sorted(set(body.model_extra or ()) - seen):
+        seen.add(name)
+        log.warning("ignoring unknown request field %r (logged once)", name)
 
 
 def stop_strings(stop: str | list[str] | None, default: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -39,11 +50,12 @@ def sampling_params(
     max_tokens: int | None,
     default_max_tokens: int,
     logprobs: int | None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """Request values win, then the task's task.json defaults, then OpenAI's defaults."""
     d = defaults
     return SamplingParams(
-        max_tokens=max_tokens or d.max_tokens or default_max_tokens,
+        max_tokens=max_tokens if max_tokens is not None else d.max_tokens or default_max_tokens,
         temperature=_pick(body.temperature, d.temperature, 1.0),
         top_p=_pick(body.top_p, d.top_p, 1.0),
         top_k=body.top_k if body.top_k is not None else (d.top_k or 0),
@@ -51,6 +63,7 @@ def sampling_params(
         stop=stop_strings(body.stop, d.stop),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )
 
 

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 from typing import Literal
 
-from app.render import ChatMessage
-from pydantic import BaseModel, ConfigDict, Field
+from app.api.tool_schemas import (
+    NamedToolChoice,
+    ResponseFormat,
+    ToolCallBody,
+    ToolSpec,
+)
+from app.render import ChatMessage, ToolCall
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+    continuous_usage_stats: bool = Field(
+        False, description="vLLM's extension: every chunk carries the usage so far"
+    )
 
 
 class SamplingFields(BaseModel):
-    """Fields shared by completions and chat; unknown fields are rejected, as OpenAI does."""
+    """Fields shared by completions and chat. Unknown top-level fields are accepted and ignored
+    (logged once per name), as vLLM does: clients send fields from newer API versions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(description="a task name, or the base model's id for no soft prompt")
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0, description="0: score the prompt only (echo)")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0, description="extension: 0 disables")
@@ -35,10 +45,11 @@ class SamplingFields(BaseModel):
     timeout: float | None = Field(
         None, gt=0, description="extension: seconds; may only lower the server's"
     )
+    response_format: ResponseFormat | None = None
 
 
 PromptInput = str | list[str] | list[int] | list[list[int]]
-FinishText = Literal["stop", "length"]
+FinishText = Literal["stop", "length", "tool_calls"]
 
 
 class CompletionRequest(SamplingFields):
@@ -47,6 +58,9 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
+    prompt_logprobs: int | None = Field(
+        None, ge=0, description="vLLM's extension: log-probabilities of the prompt's tokens, top k"
+    )
 
 
 class TextPart(BaseModel):
@@ -55,21 +69,39 @@ class TextPart(BaseModel):
 
 
 class ChatMessageBody(BaseModel):
-    """One message as OpenAI sends it; `app.render.ChatMessage` is what gets rendered."""
+    """One message as OpenAI sends it; `app.render.ChatMessage` is what gets rendered. Agent
+    histories: an assistant turn may carry `tool_calls` (and `content: null`), and a `tool`
+    message answers one call by its `tool_call_id`."""
 
     model_config = ConfigDict(title="ChatMessage")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallBody] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _content_present(self) -> ChatMessageBody:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (null only for an assistant with tool_calls)")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
 
     def to_message(self) -> ChatMessage:
-        return ChatMessage(role=self.role, content=self.text())
+        calls = tuple(
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+            for c in self.tool_calls or ()
+        )
+        return ChatMessage(
+            role=self.role, content=self.text(), tool_calls=calls, tool_call_id=self.tool_call_id
+        )
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -77,22 +109,46 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Accepted and ignored: Softserve stores nothing, has no reasoning mode, and makes at most
+    # the calls the model writes.
+    store: bool | None = None
+    reasoning_effort: str | None = None
+    parallel_tool_calls: bool | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
 
 # -- responses ----------------------------------------------------------------------------
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(
+        description="soft-prompt positions read from the KV-prefix cache (not recomputed)"
+    )
 
 
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy shape; with `echo`, the prompt's tokens come first and the first of
+    them has no log-probability (null), as nothing precedes it."""
+
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
+
+
+class PromptLogprob(BaseModel):
+    """One entry of vLLM's `prompt_logprobs` (keyed by the token id, as a string)."""
+
+    logprob: float
+    decoded_token: str
 
 
 class CompletionChoice(BaseModel):
@@ -100,6 +156,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishText | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -128,7 +185,8 @@ class ChatLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallBody] | None = None
 
 
 class ChatChoice(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from app.api.grammar import Grammars
 from app.api.metrics import Metrics
 from app.api.tracking import Gate
 from app.bridge import BridgeConfig, EngineBridge
@@ -22,6 +23,7 @@ class Services:
     engine: Engine
     bridge: EngineBridge
     watcher: RegistryWatcher
+    grammars: Grammars  # constrained decoding (structured output, labels, tool calls)
     started: float = field(default_factory=time.time)
 
 
@@ -34,6 +36,7 @@ class Runtime:
     gate: Gate
     services: Services | None = None
     load_error: str | None = None
+    ignored_fields: set[str] = field(default_factory=set)  # unknown body fields, logged once
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
@@ -78,4 +81,5 @@ def build_services(settings: Settings, base: FrozenModel, metrics: Metrics) -> S
         engine=engine,
         bridge=bridge,
         watcher=watcher,
+        grammars=Grammars(base.tokenizer, base.spec.vocab_size, base.spec.eos_token_ids),
     )

@@ -72,11 +72,14 @@ class Tracker:
     completion_tokens: int = 0
     prompt_text: str | None = None
     finished: bool = False
+    cached: dict[str, int] = field(default_factory=dict)  # engine request id -> cached tokens
 
     def on_output(self, out: RequestOutput) -> None:
         if out.token_ids and self.first_token is None:
             self.first_token = time.monotonic()
         self.completion_tokens += len(out.token_ids)
+        if out.cached_tokens:
+            self.cached[out.request_id] = out.cached_tokens
 
     def finish(self, status: int, reason: str | None = None) -> None:
         if self.finished:

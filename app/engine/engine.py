@@ -12,16 +12,17 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
 
 from app.engine import lean
+from app.engine.constraint import TokenMatcher, apply_masks
 from app.engine.lean import LeanUnsupported, Segment
 from app.engine.prefix import PrefixCache
-from app.engine.runner import HFRunner, LeanRunner, Runner
-from app.engine.sampling import sample, token_logprob
+from app.engine.runner import HFRunner, LeanRunner, Runner, Scored, StepLogits
+from app.engine.sampling import prompt_logprobs, sample, token_logprob
 from app.engine.text import TextStream
 from app.engine.types import (
     EngineFull,
@@ -78,9 +79,12 @@ class _Row:
     generator: torch.Generator
     text: TextStream
     virtual: int  # soft-prompt columns at the start of its slot
+    cached: int = 0  # virtual columns read from the KV-prefix cache (a hit), not computed
     prefilled: int = 0  # prompt tokens already in the cache
     last_token: int = -1
     generated: int = 0
+    scores: list[TokenLogprob | None] = field(default_factory=list)  # prompt log-probabilities
+    matcher: TokenMatcher | None = None  # constrained decoding: which tokens may come next
 
     @property
     def decoding(self) -> bool:
@@ -168,8 +172,10 @@ class Engine:
         s = request.sampling
         if not request.prompt_ids:
             raise RequestError("the prompt is empty: send at least one token", param="prompt")
-        if s.max_tokens < 1:
-            raise RequestError(f"max_tokens must be >= 1, got {s.max_tokens}", param="max_tokens")
+        if s.max_tokens < 0:
+            raise RequestError(f"max_tokens must be >= 0, got {s.max_tokens}", param="max_tokens")
+        if s.prompt_logprobs is not None and s.prompt_logprobs < 0:
+            raise RequestError("prompt_logprobs must be >= 0", param="prompt_logprobs")
         if s.temperature < 0:
             raise RequestError(f"temperature must be >= 0, got {s.temperature}", "temperature")
         if not 0.0 < s.top_p <= 1.0:
@@ -218,8 +224,8 @@ class Engine:
         plan = self._schedule()
         if not plan.segments:
             return StepResult(outputs=tuple(outputs), ran=None)
-        slots, logits = self.runner.forward(list(plan.segments))  # execute
-        outputs.extend(self._update(plan, slots, logits))
+        logits = self.runner.forward(list(plan.segments))  # execute
+        outputs.extend(self._update(plan, logits))
         self._steps += 1
         record = StepRecord(
             step=self._steps,
@@ -266,7 +272,8 @@ class Engine:
         prompt = row.request.prompt_ids
         tokens = prompt[row.prefilled : row.prefilled + budget]
         done = row.prefilled + len(tokens) == len(prompt)
-        return Segment(row.slot, tokens, row.virtual + row.prefilled, emit=done)
+        score = row.request.sampling.prompt_logprobs is not None
+        return Segment(row.slot, tokens, row.virtual + row.prefilled, emit=done, score=score)
 
     def _rows_in(self, plan: SchedulerOutput) -> list[_Row]:
         ids = set(plan.decoding) | set(plan.prefilled)
@@ -307,25 +314,37 @@ class Engine:
         seed = request.sampling.seed
         generator = torch.Generator(device=self.base.device)
         generator.manual_seed(seed if seed is not None else self._seeds.getrandbits(63))
-        prefix = self.prefixes.get(request.soft_prompt) if request.soft_prompt else None
+        soft = request.soft_prompt
+        virtual = soft.num_virtual_tokens if soft else 0
+        cached = virtual if soft is not None and soft.key in self.prefixes else 0
+        prefix = self.prefixes.get(soft) if soft else None
         return _Row(
             request=request,
             slot=self.runner.admit(prefix),
             generator=generator,
             text=TextStream(self.base.tokenizer, request.sampling.stop),
-            virtual=request.soft_prompt.num_virtual_tokens if request.soft_prompt else 0,
+            virtual=virtual,
+            cached=cached,
+            matcher=request.sampling.constraint.matcher() if request.sampling.constraint else None,
         )
 
-    def _update(
-        self, plan: SchedulerOutput, slots: list[int], logits: torch.Tensor
-    ) -> list[RequestOutput]:
+    def _update(self, plan: SchedulerOutput, step: StepLogits) -> list[RequestOutput]:
         by_slot = {row.slot: row for row in self._rows}
+        for scored in step.scored:  # before `prefilled` moves: the chunk starts there
+            self._score(by_slot[scored.slot], scored)
         for seg in plan.segments:
             row = by_slot[seg.slot]
             if not row.decoding:
                 row.prefilled += len(seg.tokens)
-        rows = [by_slot[slot] for slot in slots]  # the rows that sample, in logits order
-        tokens = sample(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
+        logits = step.logits
+        rows = [by_slot[slot] for slot in step.slots]  # the rows that sample, in logits order
+        constrained = [(i, r.matcher) for i, r in enumerate(rows) if r.matcher is not None]
+        choosing = (
+            apply_masks(logits, constrained, self.base.spec.eos_token_ids)
+            if constrained
+            else logits
+        )
+        tokens = sample(choosing, [r.request.sampling for r in rows], [r.generator for r in rows])
         outputs = [
             self._advance(row, token, logits[i])
             for i, (row, token) in enumerate(zip(rows, tokens, strict=True))
@@ -333,30 +352,64 @@ class Engine:
         self._remove([row for row, out in zip(rows, outputs, strict=True) if out.finish_reason])
         return outputs
 
+    def _score(self, row: _Row, scored: Scored) -> None:
+        """Prompt log-probabilities of one chunk: the logits at prompt token i score token i+1
+        (those at the last prompt token score the first generated one: not a prompt token)."""
+        prompt, start = row.request.prompt_ids, row.prefilled
+        if start == 0:
+            row.scores.append(None)  # nothing before the first token scores it
+        targets = list(prompt[start + 1 : start + 1 + len(scored.logits)])
+        if targets:
+            top = row.request.sampling.prompt_logprobs or 0
+            row.scores.extend(prompt_logprobs(scored.logits, targets, top))
+
     def _advance(self, row: _Row, token: int, logits: torch.Tensor) -> RequestOutput:
         sampling = row.request.sampling
+        first = row.generated == 0
+        if sampling.max_tokens == 0:  # prompt only (scored, echoed): nothing is generated
+            return self._output(row, (), "", (), FinishReason.LENGTH, first)
         row.generated += 1
         row.last_token = token
         finish: FinishReason | None = None
-        if token in self.base.spec.eos_token_ids and not sampling.ignore_eos:
+        is_eos = token in self.base.spec.eos_token_ids
+        if row.matcher is not None and not is_eos:
+            row.matcher.consume(token)
+        if is_eos and not sampling.ignore_eos:
             finish, text = FinishReason.STOP, row.text.flush()
         else:
             text, stopped = row.text.add(token)
             if stopped:
                 finish = FinishReason.STOP
+            elif row.matcher is not None and row.matcher.finished():
+                # The grammar is complete: the answer ends here, whatever the model would add.
+                finish, text = FinishReason.STOP, text + row.text.flush()
             elif row.generated >= sampling.max_tokens:
                 finish, text = FinishReason.LENGTH, text + row.text.flush()
         logprobs: tuple[TokenLogprob, ...] = ()
         if sampling.logprobs is not None:
             logprobs = (token_logprob(logits, token, sampling.logprobs),)
+        return self._output(row, (token,), text, logprobs, finish, first)
+
+    def _output(
+        self,
+        row: _Row,
+        tokens: tuple[int, ...],
+        text: str,
+        logprobs: tuple[TokenLogprob, ...],
+        finish: FinishReason | None,
+        first: bool,
+    ) -> RequestOutput:
+        """The row's first output also carries what concerns its prompt."""
         return RequestOutput(
             request_id=row.request.request_id,
-            token_ids=(token,),
+            token_ids=tokens,
             text=text,
             logprobs=logprobs,
             finish_reason=finish,
             prompt_tokens=len(row.request.prompt_ids),
             completion_tokens=row.generated,
+            prompt_logprobs=tuple(row.scores) if first else (),
+            cached_tokens=row.cached if first else 0,
         )
 
     def _remove(self, leaving: list[_Row]) -> None:

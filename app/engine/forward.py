@@ -19,6 +19,7 @@ from app.model import FrozenModel
 class ForwardResult:
     logits: torch.Tensor  # [B, V] float32, at each row's last position
     kv: KVBatch
+    every: torch.Tensor | None = None  # [B, T, V] float32 at every position, when asked for
 
 
 def _run(
@@ -28,6 +29,7 @@ def _run(
     positions: torch.Tensor,  # [B, T]
     mask: torch.Tensor,  # [B, 1, T, S+T] bool
     valid: torch.Tensor,  # [B, S+T] bool: validity after this pass
+    every: bool = False,
 ) -> ForwardResult:
     cache = to_cache(kv)
     out = base.model(
@@ -36,12 +38,18 @@ def _run(
         position_ids=positions,
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=1,  # only the last position feeds sampling
+        logits_to_keep=0 if every else 1,  # usually only the last position feeds sampling
     )
-    return ForwardResult(logits=out.logits[:, -1, :].float(), kv=from_cache(cache, valid))
+    return ForwardResult(
+        logits=out.logits[:, -1, :].float(),
+        kv=from_cache(cache, valid),
+        every=out.logits.float() if every else None,
+    )
 
 
-def prefill(base: FrozenModel, prefixes: KVBatch, prompts: list[tuple[int, ...]]) -> ForwardResult:
+def prefill(
+    base: FrozenModel, prefixes: KVBatch, prompts: list[tuple[int, ...]], every: bool = False
+) -> ForwardResult:
     """prefixes: the new rows' KV prefixes, right-aligned ([B, H, P, D] per layer).
     Prompts are left-padded to the longest, so every row's last prompt token is the last column."""
     device = prefixes.valid.device
@@ -65,7 +73,7 @@ def prefill(base: FrozenModel, prefixes: KVBatch, prompts: list[tuple[int, ...]]
     # A padding query attends to itself only: no fully-masked row, so no NaN anywhere.
     own = key_col[None, :] == query_col[:, None]  # [T, P+T]
     mask = torch.where(token_valid[:, :, None], mask, own[None])
-    return _run(base, prefixes, input_ids, positions, mask[:, None], valid)
+    return _run(base, prefixes, input_ids, positions, mask[:, None], valid, every)
 
 
 def decode_step(

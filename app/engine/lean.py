@@ -83,6 +83,7 @@ class Segment:
     tokens: tuple[int, ...]
     start: int
     emit: bool  # the row samples from the last token's logits this step
+    score: bool = False  # also return the logits of every token (prompt log-probabilities)
 
 
 def check_supported(model: PreTrainedModel) -> None:
@@ -229,7 +230,7 @@ class _Batch:
     decode_width: int  # columns the decode attention reads (max length among them)
     decode_mask: torch.Tensor | None  # [M, 1, 1, W] bool over slots 0..M-1
     prefill: tuple[tuple[Segment, int], ...]  # (segment, offset of its first token in N)
-    emit_index: torch.Tensor  # [R] token index whose logits are returned
+    emit_index: torch.Tensor  # [R] token index whose logits are returned (then: scored tokens)
 
 
 def _plan(segments: list[Segment], lengths: list[int], device: torch.device) -> _Batch:
@@ -241,11 +242,14 @@ def _plan(segments: list[Segment], lengths: list[int], device: torch.device) -> 
     positions: list[int] = []
     emit: list[int] = []
     offsets: list[int] = []
+    scored: list[int] = []
     offset = 0
     for seg in ordered:
         slots += [seg.slot] * len(seg.tokens)
         positions += range(seg.start, seg.start + len(seg.tokens))
         offsets.append(offset)
+        if seg.score:
+            scored += range(offset, offset + len(seg.tokens))
         offset += len(seg.tokens)
         if seg.emit:
             emit.append(offset - 1)
@@ -265,7 +269,7 @@ def _plan(segments: list[Segment], lengths: list[int], device: torch.device) -> 
         decode_width=width,
         decode_mask=mask,
         prefill=tuple(zip(prefill, offsets[len(decode) :], strict=True)),
-        emit_index=torch.tensor(emit, dtype=torch.long, device=device),
+        emit_index=torch.tensor(emit + scored, dtype=torch.long, device=device),
     )
 
 
@@ -314,8 +318,9 @@ def _attention(
 
 def forward(lean: LeanModel, cache: SlotCache, segments: list[Segment]) -> torch.Tensor:
     """Run every segment's tokens through the model, writing their K/V into their slots.
-    Returns float32 logits [R, V] for the segments with `emit`, in `segments` order of
-    (decode segments first, then the others): see `emit_order`."""
+    Returns float32 logits [R + S, V]: first one row per segment with `emit`, in the order of
+    `emit_order` (decode segments first, then the others), then one row per token of every
+    segment with `score`, in the same segment order (see `scored_order`)."""
     device = lean.embed.device
     batch = _plan(segments, cache.advance(segments), device)
     ids = torch.tensor([t for s in _ordered(segments) for t in s.tokens], device=device)
@@ -349,3 +354,8 @@ def _ordered(segments: list[Segment]) -> list[Segment]:
 def emit_order(segments: list[Segment]) -> list[Segment]:
     """The segments whose logits `forward` returns, in the order of its rows."""
     return [s for s in _ordered(segments) if s.emit]
+
+
+def scored_order(segments: list[Segment]) -> list[Segment]:
+    """The segments whose every token's logits follow the emitting rows, in that order."""
+    return [s for s in _ordered(segments) if s.score]

@@ -63,6 +63,9 @@ class PrefixCache:
         self._hits = 0
         self._misses = 0
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
     def get(self, soft_prompt: SoftPrompt) -> KVPrefix:
         found = self._items.get(soft_prompt.key)
         if found is not None:

@@ -5,6 +5,7 @@ give back logits for the rows that sample, keyed by slot, so the engine does not
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -18,6 +19,23 @@ from app.engine.slots import SlotCache
 from app.model import FrozenModel
 
 
+@dataclass(frozen=True, eq=False)
+class Scored:
+    """Logits at every token of one `score` segment: row i predicts the token after token i."""
+
+    slot: int
+    logits: torch.Tensor  # [t, V] float32
+
+
+@dataclass(frozen=True, eq=False)
+class StepLogits:
+    """What one forward gives back: logits of the rows that sample, and of scored segments."""
+
+    slots: list[int]  # the emitting rows, in `logits` order
+    logits: torch.Tensor  # [R, V] float32
+    scored: tuple[Scored, ...] = ()
+
+
 class Runner(Protocol):
     chunked_prefill: bool  # may a prompt be prefilled over several steps?
 
@@ -28,8 +46,8 @@ class Runner(Protocol):
         """Take a slot for a new row starting from `prefix`; returns the slot."""
         ...
 
-    def forward(self, segments: list[Segment]) -> tuple[list[int], torch.Tensor]:
-        """Run one step. Returns (slots, logits [R, V] float32) for the emitting segments."""
+    def forward(self, segments: list[Segment]) -> StepLogits:
+        """Run one step: logits for the emitting segments (and every token of scored ones)."""
         ...
 
     def release(self, slots: list[int]) -> None: ...
@@ -66,11 +84,16 @@ class LeanRunner:
         """Any thread: `model` (same weights, other kernels) serves from the next step on."""
         self._upgrade = model
 
-    def forward(self, segments: list[Segment]) -> tuple[list[int], torch.Tensor]:
+    def forward(self, segments: list[Segment]) -> StepLogits:
         if self._upgrade is not None:  # between steps, so a step never mixes two models
             self.model, self._upgrade = self._upgrade, None
         logits = lean.forward(self.model, self.cache, segments)
-        return [s.slot for s in lean.emit_order(segments)], logits
+        emitting = lean.emit_order(segments)
+        scored, offset = [], len(emitting)
+        for seg in lean.scored_order(segments):
+            scored.append(Scored(seg.slot, logits[offset : offset + len(seg.tokens)]))
+            offset += len(seg.tokens)
+        return StepLogits([s.slot for s in emitting], logits[: len(emitting)], tuple(scored))
 
     def release(self, slots: list[int]) -> None:
         for slot in slots:
@@ -107,11 +130,11 @@ class HFRunner:
         self._pending[slot] = prefix
         return slot
 
-    def forward(self, segments: list[Segment]) -> tuple[list[int], torch.Tensor]:
+    def forward(self, segments: list[Segment]) -> StepLogits:
         new = [s for s in segments if s.slot in self._pending]
         by_slot = {s.slot: s for s in segments if s.slot not in self._pending}
         assert set(by_slot) == set(self._order), "every running row decodes in every step"
-        logits, slots, results = [], [], []
+        logits, slots, results, scored = [], [], [], []
         if self._order:
             assert self._kv is not None
             result = decode_step(
@@ -132,14 +155,21 @@ class HFRunner:
                 device=self.base.device,
                 dtype=self.base.dtype,
             )
-            result = prefill(self.base, stacked, [s.tokens for s in new])
+            every = any(s.score for s in new)
+            result = prefill(self.base, stacked, [s.tokens for s in new], every)
             results.append(result)
+            if result.every is not None:  # left-padded: a row's tokens are its last columns
+                scored += [
+                    Scored(s.slot, result.every[i, -len(s.tokens) :])
+                    for i, s in enumerate(new)
+                    if s.score
+                ]
             logits.append(result.logits)
             slots += [s.slot for s in new]
         kvs = [r.kv for r in results]
         self._kv = kvs[0] if len(kvs) == 1 else kvops.concat(kvs[0], kvs[1])
         self._order = slots
-        return slots, torch.cat(logits)
+        return StepLogits(slots, torch.cat(logits), tuple(scored))
 
     def release(self, slots: list[int]) -> None:
         gone = set(slots)

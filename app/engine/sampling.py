@@ -50,3 +50,22 @@ def token_logprob(logits: torch.Tensor, token_id: int, top: int) -> TokenLogprob
         if best is not None
         else (),
     )
+
+
+def prompt_logprobs(logits: torch.Tensor, targets: list[int], top: int) -> list[TokenLogprob]:
+    """logits [t, V]: row i scores targets[i] (the token after the one it was computed at).
+    One log-softmax over the whole chunk, not one per token."""
+    logprobs = torch.log_softmax(logits[: len(targets)].float(), dim=-1)  # [t, V]
+    index = torch.tensor(targets, dtype=torch.long, device=logprobs.device)
+    chosen = logprobs.gather(1, index[:, None])[:, 0].tolist()
+    best = torch.topk(logprobs, top, dim=-1) if top > 0 else None
+    values = best.values.tolist() if best is not None else [[] for _ in targets]
+    ids = best.indices.tolist() if best is not None else [[] for _ in targets]
+    return [
+        TokenLogprob(
+            token_id=target,
+            logprob=float(lp),
+            top=tuple(TopLogprob(int(t), float(v)) for v, t in zip(vs, ts, strict=True)),
+        )
+        for target, lp, vs, ts in zip(targets, chosen, values, ids, strict=True)
+    ]

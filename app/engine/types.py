@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from app.engine.constraint import TokenConstraint
 from app.engine.prefix import PrefixCacheStats
 from app.model import SoftPrompt
 
@@ -36,6 +37,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; k: the chosen token plus the top k
+    # None: off; k: every prompt token's own log-probability plus the top k (the first token
+    # has none: nothing before it is scored; soft-prompt virtual tokens are never listed)
+    prompt_logprobs: int | None = None
+    constraint: TokenConstraint | None = None  # constrained decoding: each row gets a matcher
 
     @property
     def greedy(self) -> bool:
@@ -76,6 +81,9 @@ class RequestOutput:
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int  # so far
+    # In the row's first output, when asked for: one per prompt token, None for the first.
+    prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
+    cached_tokens: int = 0  # soft-prompt positions read from the KV-prefix cache, not computed
 
 
 @dataclass(frozen=True)

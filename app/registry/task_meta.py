@@ -11,7 +11,15 @@ from app.registry.peft_format import TASK_FILE
 from app.render import TaskStyle, apply_template
 
 MAX_TASK_BYTES = 64 * 1024
-_KEYS = {"description", "system_prompt", "template", "labels", "defaults", "info"}
+_KEYS = {
+    "description",
+    "system_prompt",
+    "template",
+    "labels",
+    "constrain_to_labels",
+    "defaults",
+    "info",
+}
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,9 @@ class TaskMeta:
     system_prompt: str | None = None
     template: str | None = None  # e.g. "Review: {input}\nSentiment:"
     labels: tuple[str, ...] = ()
+    # Answers are exactly one of the labels (constrained decoding), unless a request asks for
+    # JSON itself: a classifier task can never answer off-label.
+    constrain_to_labels: bool = False
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     info: str = "{}"  # free-form JSON object (training figures ...), kept as canonical text
 
@@ -109,11 +120,17 @@ def parse_task_meta(data: bytes | None) -> TaskMeta:
     info = raw.get("info", {})
     if not isinstance(info, dict):
         raise _bad("info must be an object")
+    constrained = raw.get("constrain_to_labels", False)
+    if not isinstance(constrained, bool):
+        raise _bad("constrain_to_labels must be true or false")
+    if constrained and len(labels) < 2:
+        raise _bad("constrain_to_labels needs at least two labels")
     return TaskMeta(
         description=_opt_str(raw, "description"),
         system_prompt=_opt_str(raw, "system_prompt"),
         template=template,
         labels=tuple(labels),
+        constrain_to_labels=constrained,
         defaults=_parse_defaults(raw.get("defaults")),
         info=json.dumps(info, sort_keys=True),
     )

@@ -6,11 +6,13 @@ from app.render.prompt import (
     Rendered,
     RenderError,
     TaskStyle,
+    ToolCall,
     apply_template,
     chat_ids,
     chat_text,
     render_chat,
     render_completion,
+    template_knows_tools,
     with_system_prompt,
 )
 
@@ -20,10 +22,12 @@ __all__ = [
     "RenderError",
     "Rendered",
     "TaskStyle",
+    "ToolCall",
     "apply_template",
     "chat_ids",
     "chat_text",
     "render_chat",
     "render_completion",
+    "template_knows_tools",
     "with_system_prompt",
 ]

@@ -119,6 +119,24 @@ def _label_of(output: str, labels: Sequence[str], index: int) -> int:
 
 
 @torch.no_grad()
+def label_loglikelihoods(
+    base: FrozenModel,
+    subject: Subject,
+    inputs: Sequence[str],
+    labels: Sequence[str],
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """[N, L] log-likelihood of each label's tokens after each templated input, under the
+    subject: the figure classification compares (and lm-eval's loglikelihood, per example)."""
+    label_ids = [base.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+    model = inference_model(base, subject.soft_prompt)
+    prompts = [list(render_completion(base.tokenizer, subject.style, text).ids) for text in inputs]
+    if all(len(ids) == 1 for ids in label_ids):
+        return _last_token_scores(base, model, prompts, [ids[0] for ids in label_ids], batch_size)
+    return _sequence_scores(base, model, prompts, label_ids, batch_size)
+
+
+@torch.no_grad()
 def classify(
     base: FrozenModel,
     subject: Subject,
@@ -130,15 +148,7 @@ def classify(
     if len(labels) < 2:
         raise ValueError("classification needs at least two labels")
     gold = [_label_of(e.output, labels, i) for i, e in enumerate(examples)]
-    label_ids = [base.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
-    model = inference_model(base, subject.soft_prompt)
-    prompts = [
-        list(render_completion(base.tokenizer, subject.style, e.input).ids) for e in examples
-    ]
-    if all(len(ids) == 1 for ids in label_ids):
-        scores = _last_token_scores(base, model, prompts, [ids[0] for ids in label_ids], batch_size)
-    else:
-        scores = _sequence_scores(base, model, prompts, label_ids, batch_size)
+    scores = label_loglikelihoods(base, subject, [e.input for e in examples], labels, batch_size)
     predicted = scores.argmax(dim=1).tolist()
     classes = tuple(
         ClassCount(
