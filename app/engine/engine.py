@@ -117,8 +117,7 @@ def make_runner(base: FrozenModel, config: EngineConfig, max_context: int) -> Ru
 
 
 def _quantize_later(runner: LeanRunner, model: lean.LeanModel, int8_max_tokens: int) -> None:
-    if model.dtype != torch.bfloat16:  # the same check, before the thread: fail at start-up
-        lean.quantize_int8(model, int8_max_tokens)
+    lean.require_int8_dtype(model.dtype)  # before the thread: a bad setting fails at start-up
 
     def work() -> None:
         started = time.perf_counter()

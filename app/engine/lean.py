@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from app.engine.slots import SlotCache
-from app.model import Quantize
 
 SUPPORTED_TYPES = frozenset({"llama", "mistral", "qwen2"})
 
@@ -130,11 +129,16 @@ def _int8(linear: Linear, keep_full: bool) -> Linear:
     )
 
 
+def require_int8_dtype(dtype: torch.dtype) -> None:
+    """int8 weights run with bfloat16 activations only (int8 x fp32 is ~30x slower here)."""
+    if dtype != torch.bfloat16:
+        raise LeanUnsupported("int8 weights need bfloat16 activations (--dtype bfloat16)")
+
+
 def quantize_int8(lean: LeanModel, int8_max_tokens: int = 1 << 30) -> LeanModel:
     """The same model with int8 linears, used for steps of at most `int8_max_tokens` tokens (the
     bf16 weights are kept for larger steps, unless every step uses int8)."""
-    if lean.dtype != torch.bfloat16:
-        raise LeanUnsupported("int8 weights need bfloat16 activations (--dtype bfloat16)")
+    require_int8_dtype(lean.dtype)
     keep = int8_max_tokens < (1 << 30)
     layers = tuple(
         replace(
@@ -155,14 +159,11 @@ def build(
     model: PreTrainedModel,
     *,
     dtype: torch.dtype,
-    quantize: Quantize = Quantize.NONE,
-    int8_max_tokens: int = 1 << 30,
     max_positions: int,
 ) -> LeanModel:
-    """Pull the weights out of a loaded HF model of the Llama family (q/k/v and gate/up fused)."""
+    """Pull the weights out of a loaded HF model of the Llama family (q/k/v and gate/up fused).
+    For int8 weights, pass the result to `quantize_int8`."""
     check_supported(model)
-    if quantize is Quantize.INT8 and dtype != torch.bfloat16:
-        raise LeanUnsupported("int8 weights need bfloat16 activations (--dtype bfloat16)")
     config = model.config
     inner = model.model
     layers = []
@@ -199,7 +200,7 @@ def build(
         dtype=dtype,
         int8_max_tokens=-1,
     )
-    return quantize_int8(lean, int8_max_tokens) if quantize is Quantize.INT8 else lean
+    return lean
 
 
 # -- the forward ----------------------------------------------------------------------------
@@ -231,13 +232,14 @@ class _Batch:
     decode_mask: torch.Tensor | None  # [M, 1, 1, W] bool over slots 0..M-1
     prefill: tuple[tuple[Segment, int], ...]  # (segment, offset of its first token in N)
     emit_index: torch.Tensor  # [R] token index whose logits are returned (then: scored tokens)
+    ids: torch.Tensor  # [N] every token, in this order
 
 
 def _plan(segments: list[Segment], lengths: list[int], device: torch.device) -> _Batch:
     """lengths: each slot's filled columns after this step's tokens are written."""
-    decode = [s for s in segments if len(s.tokens) == 1 and s.start > 0]
-    prefill = [s for s in segments if not (len(s.tokens) == 1 and s.start > 0)]
-    ordered = decode + prefill
+    ordered = _ordered(segments)
+    decode = [s for s in ordered if _is_decode(s)]
+    prefill = ordered[len(decode) :]
     slots: list[int] = []
     positions: list[int] = []
     emit: list[int] = []
@@ -270,6 +272,7 @@ def _plan(segments: list[Segment], lengths: list[int], device: torch.device) -> 
         decode_mask=mask,
         prefill=tuple(zip(prefill, offsets[len(decode) :], strict=True)),
         emit_index=torch.tensor(emit + scored, dtype=torch.long, device=device),
+        ids=torch.tensor([t for s in ordered for t in s.tokens], device=device),
     )
 
 
@@ -323,7 +326,7 @@ def forward(lean: LeanModel, cache: SlotCache, segments: list[Segment]) -> torch
     segment with `score`, in the same segment order (see `scored_order`)."""
     device = lean.embed.device
     batch = _plan(segments, cache.advance(segments), device)
-    ids = torch.tensor([t for s in _ordered(segments) for t in s.tokens], device=device)
+    ids = batch.ids
     int8 = ids.shape[0] <= lean.int8_max_tokens
     hq, hkv, hd = lean.num_heads, lean.num_kv_heads, lean.head_dim
     cos = lean.cos[batch.positions][:, None]  # [N, 1, hd]
@@ -346,9 +349,14 @@ def forward(lean: LeanModel, cache: SlotCache, segments: list[Segment]) -> torch
     return lean.lm_head(last, int8).float()  # [R, V]
 
 
+def _is_decode(seg: Segment) -> bool:
+    """One token after earlier columns: attended like a decode token (one query per slot)."""
+    return len(seg.tokens) == 1 and seg.start > 0
+
+
 def _ordered(segments: list[Segment]) -> list[Segment]:
-    decode = [s for s in segments if len(s.tokens) == 1 and s.start > 0]
-    return decode + [s for s in segments if not (len(s.tokens) == 1 and s.start > 0)]
+    """The step's token order: decode-like segments first, then prompt chunks."""
+    return [s for s in segments if _is_decode(s)] + [s for s in segments if not _is_decode(s)]
 
 
 def emit_order(segments: list[Segment]) -> list[Segment]:
