@@ -8,11 +8,13 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.api.state import engine_config as serve_engine_config
 from app.engine import Backend, EngineConfig
 from app.model import DType, FrozenModel, PromptKind, Quantize, SoftPrompt, load_base_model
 from app.settings import Settings
@@ -47,15 +49,10 @@ def load(args: argparse.Namespace) -> FrozenModel:
 
 
 def engine_config(args: argparse.Namespace, **overrides: Any) -> EngineConfig:
-    """The engine as `softserve serve` builds it from the same settings."""
-    defaults = Settings()
-    return EngineConfig(
-        backend=Backend(args.backend),
-        quantize=Quantize(args.quantize),
-        int8_max_tokens=defaults.int8_max_tokens,
-        prefill_chunk=defaults.prefill_chunk,
-        **overrides,
-    )
+    """The engine as `softserve serve` builds it from the same settings (int8 quantized before
+    timing starts, not in the background)."""
+    settings = Settings(dtype=args.dtype, quantize=args.quantize, backend=args.backend)
+    return replace(serve_engine_config(settings, quantize_in_background=False), **overrides)
 
 
 def machine(args: argparse.Namespace) -> dict[str, Any]:

@@ -44,6 +44,20 @@ class Runtime:
         return cls(settings=settings, metrics=metrics, gate=Gate(settings.max_requests, metrics))
 
 
+def engine_config(settings: Settings, *, quantize_in_background: bool) -> EngineConfig:
+    """The one mapping of settings to the engine's configuration (the benchmarks use it too)."""
+    return EngineConfig(
+        max_batch_size=settings.max_batch_size,
+        kv_prefix_cache_mib=settings.kv_cache_mib,
+        max_context=settings.max_context,
+        backend=Backend(settings.backend),
+        quantize=settings.quantize,
+        int8_max_tokens=settings.int8_max_tokens,
+        prefill_chunk=settings.prefill_chunk,
+        quantize_in_background=quantize_in_background,
+    )
+
+
 def build_services(settings: Settings, base: FrozenModel, metrics: Metrics) -> Services:
     limits = Limits(
         max_virtual_tokens=settings.max_virtual_tokens, max_tensor_bytes=settings.max_upload_bytes
@@ -52,19 +66,8 @@ def build_services(settings: Settings, base: FrozenModel, metrics: Metrics) -> S
     registry.load_all()
     watcher = RegistryWatcher(registry, settings.registry_poll_s)
     watcher.start()
-    engine = Engine(
-        base,
-        EngineConfig(
-            max_batch_size=settings.max_batch_size,
-            kv_prefix_cache_mib=settings.kv_cache_mib,
-            max_context=settings.max_context,
-            backend=Backend(settings.backend),
-            quantize=settings.quantize,
-            int8_max_tokens=settings.int8_max_tokens,
-            prefill_chunk=settings.prefill_chunk,
-            quantize_in_background=True,  # answer at once; int8 kernels a second or two later
-        ),
-    )
+    # Answer at once; the int8 kernels take over a second or two later.
+    engine = Engine(base, engine_config(settings, quantize_in_background=True))
     bridge = EngineBridge(
         engine,
         BridgeConfig(
