@@ -91,6 +91,30 @@ def sha_of(response: httpx.Response) -> str:
     return str(response.json()["system_fingerprint"]).rsplit(":", 1)[1]
 
 
+class Tally:
+    """Judges answers during a swap storm (any thread): a 404 is what a deleted task gives; any
+    other failure, or an answer that differs from the version its fingerprint names, is kept."""
+
+    def __init__(self, expected: dict[str, str]) -> None:
+        self.expected = expected  # sha prefix -> that version's answer
+        self.failures: list[str] = []
+        self.counts = {"ok": 0, "404": 0}
+        self._lock = threading.Lock()
+
+    def record(self, r: httpx.Response, where: str = "") -> None:
+        with self._lock:
+            if r.status_code == 404:
+                self.counts["404"] += 1
+            elif r.status_code != 200:
+                self.failures.append(f"{where}{r.status_code}: {r.text}")
+            elif r.json()["choices"][0]["text"] != self.expected[sha_of(r)]:
+                self.failures.append(
+                    f"{where}output does not match version {r.json()['system_fingerprint']}"
+                )
+            else:
+                self.counts["ok"] += 1
+
+
 def test_create_replace_delete(
     server: LiveServer, variants: dict[str, Files], expected: dict[str, str]
 ) -> None:
@@ -196,25 +220,13 @@ def test_storm(server: LiveServer, variants: dict[str, Files], expected: dict[st
     for i, task in enumerate(tasks):
         assert put(server, task, variants[names[i]]).status_code in (200, 201)
     done = threading.Event()
-    failures: list[str] = []
-    counts = {"ok": 0, "404": 0}
-    lock = threading.Lock()
+    tally = Tally(expected)
+    failures, counts = tally.failures, tally.counts
 
     def load(seed: int) -> None:
         rng = random.Random(seed)
         while not done.is_set():
-            r = complete(server, rng.choice(tasks))
-            with lock:
-                if r.status_code == 404:
-                    counts["404"] += 1
-                elif r.status_code != 200:
-                    failures.append(f"{r.status_code}: {r.text}")
-                elif r.json()["choices"][0]["text"] != expected[sha_of(r)]:
-                    failures.append(
-                        f"output does not match version {r.json()['system_fingerprint']}"
-                    )
-                else:
-                    counts["ok"] += 1
+            tally.record(complete(server, rng.choice(tasks)))
 
     workers = [threading.Thread(target=load, args=(s,)) for s in range(4)]
     for w in workers:

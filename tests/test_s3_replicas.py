@@ -25,7 +25,7 @@ from tests import test_hotswap as hotswap
 from tests.hostile import Files
 from tests.live import free_port, wait_healthy, wait_until
 from tests.s3server import CREDENTIALS, S3Server, s3_for_module
-from tests.test_hotswap import complete, put, sha_of
+from tests.test_hotswap import Tally, complete, put, sha_of
 from tests.tiny import save_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,23 +198,14 @@ def test_swap_storm_across_replicas(
     tasks, names = ["storm-a", "storm-b", "storm-c"], list(variants)
     for i, task in enumerate(tasks):
         assert put(replicas[0], task, variants[names[i]]).status_code in (200, 201)
-    done, lock = threading.Event(), threading.Lock()
-    failures: list[str] = []
-    counts = {"ok": 0, "404": 0}
+    done = threading.Event()
+    tally = Tally(expected)
+    failures, counts = tally.failures, tally.counts
 
     def load(replica: Replica, seed: int) -> None:
         rng = random.Random(seed)
         while not done.is_set():
-            r = complete(replica, rng.choice(tasks))
-            with lock:
-                if r.status_code == 404:
-                    counts["404"] += 1
-                elif r.status_code != 200:
-                    failures.append(f"{replica.url}: {r.status_code}: {r.text}")
-                elif r.json()["choices"][0]["text"] != expected[sha_of(r)]:
-                    failures.append(f"output does not match {r.json()['system_fingerprint']}")
-                else:
-                    counts["ok"] += 1
+            tally.record(complete(replica, rng.choice(tasks)), where=f"{replica.url}: ")
 
     workers = [
         threading.Thread(target=load, args=(replica, seed)) for seed, replica in enumerate(replicas)
