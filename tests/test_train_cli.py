@@ -233,3 +233,47 @@ def test_eval_system_prompt_equals_one_written_in_the_data(
     capsys.readouterr()
     assert figures[0] == figures[1]
     assert figures[0]["mean_token_loss"] != figures[2]["mean_token_loss"]
+
+
+def test_persona_from_distill_to_train_to_eval(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The three commands of the persona recipe, end to end on the tiny model."""
+    persona = tmp_path / "yes.txt"
+    persona.write_text("You are a yes-sayer. Always answer yes.")
+    shot = {
+        "messages": [{"role": "user", "content": "Is it?"}, {"role": "assistant", "content": "yes"}]
+    }
+    (tmp_path / "yes.shots.jsonl").write_text(json.dumps(shot) + "\n")
+    (tmp_path / "yes.check.json").write_text(json.dumps({"rule": "vocabulary", "words": ["yes"]}))
+    train_file, held, counts = tmp_path / "t.jsonl", tmp_path / "e.jsonl", tmp_path / "c.json"
+    model = ["--model", str(model_dir)]
+    args = ["distill", "--persona", str(persona), "--generate", "24", "--eval-questions", "6"]
+    args += ["--out", str(train_file), "--eval-out", str(held), "--json", str(counts)]
+    assert main([*args, "--max-new-tokens", "6", "--keep-unfinished", *model]) == 0
+    figures = json.loads(counts.read_text())
+    assert figures["context_tokens"] > 10 and figures["eval_questions"] == 6
+    assert 0 <= figures["teacher_adherence"] <= 1
+    assert len(held.read_text().splitlines()) == 6
+    chats = [json.loads(line) for line in train_file.read_text().splitlines()]
+    assert chats and all(c["messages"][0]["role"] == "user" for c in chats)
+    prompts = tmp_path / "prompts"
+    args = ["train", "--kind", "prefix", "--task", "yes", "--data", str(train_file)]
+    args += ["--distill-from", f"@{persona}", "--steps", "4", "--batch-size", "4"]
+    assert main([*args, "--val-split", "4", "--out", str(prompts), "--quiet", *model]) == 0
+    info = json.loads((prompts / "yes" / "task.json").read_text())["info"]["training"]
+    assert info["objective"] == "kl" and info["teacher"]["example_dialogues"] == 1
+    assert info["check"]["rule"] == "vocabulary"
+    capsys.readouterr()
+    args = ["eval", "--persona", str(persona), "--prompt", "yes", "--prompts", str(prompts)]
+    out_json = tmp_path / "p.json"
+    args += ["--data", str(held), "--max-new-tokens", "6", "--json", str(out_json)]
+    assert main([*args, *model]) == 0
+    table = capsys.readouterr().out
+    assert "| soft prompt |" in table and "| bare model |" in table
+    subjects = {s["subject"]: s for s in json.loads(out_json.read_text())["subjects"]}
+    teacher = subjects["system prompt + example dialogues (the teacher)"]
+    assert teacher["top1_agreement"] == 1.0 and abs(teacher["mean_kl"]) < 1e-4
+    assert subjects["soft prompt"]["virtual_tokens"] == 20
+    assert teacher["prompt_tokens"] > subjects["bare model"]["prompt_tokens"] + 10
+    assert main(["eval", "--persona", str(persona), "--none", "--data", str(held), *model]) == 2

@@ -28,6 +28,16 @@ def add_commands(sub: Any) -> None:
     t.add_argument(
         "--template", help="input template with {input}, e.g. 'Review: {input}\\nSentiment:'"
     )
+    t.add_argument(
+        "--distill-from",
+        metavar="@PERSONA",
+        help="train by KL to this teacher: @NAME.txt (its shots beside it) or a system prompt",
+    )
+    t.add_argument(
+        "--objective",
+        choices=["ce", "kl"],
+        help="ce: answer text cross-entropy; kl: match the teacher (default with --distill-from)",
+    )
     t.add_argument("--virtual-tokens", type=int, default=20)
     t.add_argument("--init", default="random", help='text:"...", random or vocab')
     t.add_argument("--epochs", type=int, default=3, help="passes over the data (default 3)")
@@ -60,17 +70,38 @@ def add_commands(sub: Any) -> None:
     )
     e.add_argument("--server", metavar="URL", help="ask a running server instead (greedy answers)")
     e.add_argument("--api-key", help="key for --server (or SOFTSERVE_API_KEY)")
+    e.add_argument(
+        "--persona",
+        type=Path,
+        help="NAME.txt: persona figures of --prompt TASK on --data (distill --eval-out's file)",
+    )
+    e.add_argument("--max-new-tokens", type=int, default=64, help="answer budget for --persona")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", type=Path, help="also write the figures as JSON here")
     add_distill(sub)
 
 
 def add_distill(sub: Any) -> None:
-    d = sub.add_parser("distill", help="write the model's answers under a long system prompt")
-    d.add_argument("--system-prompt", required=True, help="the text, or @file")
-    d.add_argument("--questions", required=True, type=Path, help="one user message per line")
+    d = sub.add_parser("distill", help="a persona's teacher answers many questions")
+    who = d.add_mutually_exclusive_group(required=True)
+    who.add_argument(
+        "--persona", type=Path, help="NAME.txt, with NAME.shots.jsonl and NAME.check.json beside it"
+    )
+    who.add_argument("--system-prompt", help="a bare system prompt: the text, or @file")
+    d.add_argument("--questions", type=Path, help="one user message per line (default: generated)")
+    d.add_argument("--generate", type=int, default=3000, help="generated training questions")
+    d.add_argument("--eval-questions", type=int, default=60, help="held-out questions to write")
+    d.add_argument("--eval-out", type=Path, help="JSONL of held-out questions + teacher answers")
+    d.add_argument("--eval-max-tokens", type=int, default=64)
     d.add_argument("--out", required=True, type=Path, help="JSONL of chats, for train/eval")
     d.add_argument("--max-new-tokens", type=int, default=96)
+    d.add_argument("--temperature", type=float, default=0.8, help="teacher sampling (0: greedy)")
+    d.add_argument("--top-p", type=float, default=0.95)
+    d.add_argument("--keep-unfinished", action="store_true", help="keep answers cut at the budget")
+    d.add_argument(
+        "--keep-passing", action="store_true", help="keep only answers passing the check"
+    )
+    d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", type=Path, help="also write the counts as JSON here")
     d.add_argument("--model", default="default")
     d.add_argument("--device", default="cpu")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from app.cli.args import parse_labels, print_figures, read_template, read_text_arg
@@ -15,7 +16,7 @@ from app.model.kinds import PromptKind
 from app.model.loader import FrozenModel, load_base_model
 from app.registry.names import validate_task_name
 from app.registry.store import Registry
-from app.render import ChatMessage, chat_ids
+from app.render import chat_ids
 from app.settings import Settings
 from app.train.adapters import PromptInit
 from app.train.data import (
@@ -25,10 +26,11 @@ from app.train.data import (
     load_examples,
     parse_label_map,
 )
-from app.train.distill import distill
 from app.train.evaluate import Subject, classify, generate_and_score
+from app.train.persona import Persona, load_persona
 from app.train.save import TaskInfo, save_prompt
-from app.train.trainer import TrainConfig, train
+from app.train.teacher import build_teacher
+from app.train.trainer import Objective, TrainConfig, train
 
 
 def _examples(args: argparse.Namespace) -> tuple[list[Example], tuple[tuple[str, str], ...]]:
@@ -52,8 +54,10 @@ def train_command(args: argparse.Namespace) -> int:
     defaults = json.loads(args.defaults) if args.defaults else {}
     if not isinstance(defaults, dict):
         raise ValueError("--defaults must be a JSON object")
+    objective = Objective(args.objective or ("kl" if args.distill_from else "ce"))
     config = TrainConfig(
         kind=PromptKind.parse(args.kind),
+        objective=objective,
         template=args.template.replace("\\n", "\n") if args.template else None,
         virtual_tokens=args.virtual_tokens,
         init=PromptInit.parse(args.init),
@@ -69,8 +73,12 @@ def train_command(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     config.validate()  # before the model loads: a typo should not cost 10 s
+    persona = _teacher_persona(args.distill_from) if args.distill_from else None
     base = _base(args)
-    trained = train(base, examples, config)
+    teacher = None
+    if persona is not None and objective is Objective.KL:
+        teacher = build_teacher(base, persona.context(), persona.name)
+    trained = train(base, examples, config, teacher)
     report = trained.report
     info = TaskInfo(
         description=args.description,
@@ -82,7 +90,16 @@ def train_command(args: argparse.Namespace) -> int:
         "kind": config.kind.cli_name,
         "data": args.data.name,
         "virtual_tokens": args.virtual_tokens,
+        "objective": objective.value,
     }
+    if persona is not None:
+        extra["teacher"] = {
+            "persona": persona.name,
+            "context_tokens": len(chat_ids(base.tokenizer, persona.context(), generation=False)),
+            "example_dialogues": len(persona.shots),
+        }
+        if persona.check is not None:
+            extra["check"] = persona.check.to_json()
     entry = save_prompt(base, trained.model, report, args.out, args.task, info, extra)
     print(
         f"saved {args.out / args.task} (version {entry.version}, sha256 {entry.sha256[:12]}): "
@@ -98,6 +115,16 @@ def train_command(args: argparse.Namespace) -> int:
             return 1
         print(f"pushed to {args.push}: {response.json().get('sha256', '')[:12]}")
     return 0
+
+
+def _teacher_persona(value: str) -> Persona:
+    """`@NAME.txt` with its shots and check beside it, or an inline system prompt."""
+    if value.startswith("@") and Path(value[1:]).with_suffix(".check.json").is_file():
+        return load_persona(Path(value[1:]))
+    text = read_text_arg(value).strip()
+    if not text:
+        raise ValueError("--distill-from needs a non-empty system prompt")
+    return Persona("system-prompt", text, (), None)
 
 
 def _subject(args: argparse.Namespace, base: FrozenModel) -> tuple[Subject, tuple[str, ...]]:
@@ -123,6 +150,12 @@ def _chosen_subject(args: argparse.Namespace, base: FrozenModel) -> tuple[Subjec
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    if args.persona is not None:
+        from app.cli.persona_eval import persona_eval_command
+
+        if not args.prompt:
+            raise ValueError("--persona compares a soft prompt: give it as --prompt TASK")
+        return persona_eval_command(args, _base(args))
     examples, _ = _examples(args)
     labels = parse_labels(args.labels)
     figures: dict[str, Any]
@@ -158,35 +191,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def distill_command(args: argparse.Namespace) -> int:
-    system_prompt = read_text_arg(args.system_prompt).strip()
-    lines = args.questions.read_text(encoding="utf-8").splitlines()
-    questions = [q.strip() for q in lines if q.strip()]
-    if not system_prompt or not questions:
-        raise ValueError("distill needs a non-empty system prompt and at least one question")
-    base = _base(args)
-    result = distill(base, system_prompt, questions, args.max_new_tokens)
-    with args.out.open("w", encoding="utf-8") as f:
-        for example in result.examples:
-            messages = [{"role": m.role, "content": m.content} for m in example.messages]
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-    # What each request pays for the persona: the system prompt's tokens, averaged over the
-    # questions (the chat template adds a few of its own around it).
-    tok = base.tokenizer
-    system = ChatMessage("system", system_prompt)
-    with_system = [len(chat_ids(tok, (system, ChatMessage("user", q)))) for q in questions]
-    without = [len(chat_ids(tok, (ChatMessage("user", q),))) for q in questions]
-    figures = {
-        "conversations": len(result.examples),
-        "dropped": result.dropped,
-        "prompt_tokens_with_system": sum(with_system) / len(questions),
-        "prompt_tokens_without": sum(without) / len(questions),
-    }
-    print(
-        f"wrote {len(result.examples)} conversations to {args.out} "
-        f"({result.dropped} dropped: unfinished or empty); prompt tokens per request: "
-        f"{figures['prompt_tokens_with_system']:.1f} with the system prompt, "
-        f"{figures['prompt_tokens_without']:.1f} without"
-    )
-    if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    return 0
+    from app.cli.distill_run import distill_command as run
+
+    if args.persona is None and not read_text_arg(args.system_prompt).strip():
+        raise ValueError("distill needs a non-empty system prompt")
+    return run(args, _base(args))

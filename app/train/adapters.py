@@ -95,8 +95,9 @@ def _text_ids(base: FrozenModel, text: str, virtual_tokens: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def _text_key_values(base: FrozenModel, ids: torch.Tensor) -> torch.Tensor:
-    """Key/values of `ids` laid out as PEFT's prefix table: [P, L*2*kv_heads*head_dim]."""
+def key_values_table(base: FrozenModel, ids: torch.Tensor) -> torch.Tensor:
+    """Key/values of `ids` (at positions 0..P-1) laid out as PEFT's prefix table:
+    [P, L*2*kv_heads*head_dim]. A text init starts from these; a teacher's context is one."""
     model: Any = base.model
     cache = model(input_ids=ids[None], use_cache=True).past_key_values
     layers = [torch.stack((layer.keys[0], layer.values[0])) for layer in cache.layers]
@@ -122,7 +123,7 @@ def _initialise(model: PeftModel, base: FrozenModel, kind: PromptKind, init: Pro
         elif init.kind is InitKind.TEXT and init.text is not None:
             ids = _text_ids(base, init.text, int(table.shape[0]))
             if kind is PromptKind.PREFIX_TUNING:
-                table.copy_(_text_key_values(base, ids))
+                table.copy_(key_values_table(base, ids))
             else:
                 table.copy_(embed(ids))
 

@@ -21,6 +21,7 @@ from app.train.data import ChatExample, Example, TextExample
 class Encoded:
     ids: tuple[int, ...]
     targets: tuple[bool, ...]  # targets[i]: token i is predicted and counted in the loss
+    teacher: Encoded | None = None  # distillation: the same example as the teacher reads it
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,17 @@ import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 import torch
 from app.model.kinds import PromptKind
 from app.model.loader import FrozenModel
 from app.train.adapters import InitKind, PromptInit, prepends_embeddings, trainable_model
-from app.train.data import Example
+from app.train.data import ChatExample, Example
 from app.train.encode import Encoded, collate, encode
-from app.train.scoring import score_targets
+from app.train.scoring import kl_divergence, score_targets, target_logits
+from app.train.teacher import Teacher, teacher_logits
 from peft import PeftModel
 from tqdm import tqdm
 
@@ -31,9 +33,15 @@ DEFAULT_LR = {
 }
 
 
+class Objective(StrEnum):
+    CE = "ce"  # cross-entropy on the answer text
+    KL = "kl"  # KL(teacher || student) over the teacher's whole next-token distribution
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     kind: PromptKind
+    objective: Objective = Objective.CE
     template: str | None = None
     virtual_tokens: int = 20
     init: PromptInit = field(default_factory=lambda: PromptInit(InitKind.RANDOM))
@@ -123,37 +131,76 @@ def _batches(rows: Sequence[Encoded], size: int, rng: random.Random) -> Iterator
     yield from batches
 
 
+@dataclass(frozen=True)
+class Loss:
+    """What one batch is trained on: the student, and the teacher when distilling."""
+
+    base: FrozenModel
+    pad_id: int
+    teacher: Teacher | None = None
+
+    def summed(self, model: PeftModel, rows: Sequence[Encoded]) -> tuple[torch.Tensor, int]:
+        """The loss summed over the rows' target tokens, and how many there are."""
+        offset = prepends_embeddings(model)
+        batch = collate(list(rows), self.pad_id)
+        if self.teacher is None:
+            scores = score_targets(model, batch, offset)
+            return -(scores.logprobs * scores.mask).sum(), int(scores.mask.sum())
+        taught = [r.teacher for r in rows]
+        assert all(t is not None for t in taught)  # encoded with the teacher (_encode_all)
+        target = teacher_logits(self.base, self.teacher, collate(taught, self.pad_id))  # type: ignore[arg-type]
+        student = target_logits(model, batch, offset)  # [N, V]
+        if target.shape != student.shape:
+            raise ValueError("teacher and student rows do not share their answer tokens")
+        return kl_divergence(target, student).sum(), int(student.shape[0])
+
+
 @torch.no_grad()
-def mean_loss(model: PeftModel, rows: Sequence[Encoded], batch_size: int, pad_id: int) -> float:
-    offset = prepends_embeddings(model)
+def mean_loss(model: PeftModel, rows: Sequence[Encoded], batch_size: int, loss: Loss) -> float:
     total, count = 0.0, 0
     ordered = sorted(rows, key=lambda r: len(r.ids))
     for i in range(0, len(ordered), batch_size):
-        scores = score_targets(model, collate(ordered[i : i + batch_size], pad_id), offset)
-        total -= float((scores.logprobs * scores.mask).sum())
-        count += int(scores.mask.sum())
+        summed, n = loss.summed(model, ordered[i : i + batch_size])
+        total += float(summed)
+        count += n
     return total / max(count, 1)
 
 
 def _encode_all(
-    base: FrozenModel, examples: Sequence[Example], config: TrainConfig
+    base: FrozenModel, examples: Sequence[Example], config: TrainConfig, teacher: Teacher | None
 ) -> tuple[list[Encoded], int]:
     rows = [encode(base.tokenizer, e, config.template, config.max_tokens) for e in examples]
+    if teacher is not None:
+        rows = [
+            replace(r, teacher=teacher.encode(base.tokenizer, e))
+            if r is not None and isinstance(e, ChatExample)
+            else None
+            for r, e in zip(rows, examples, strict=True)
+        ]
     kept = [r for r in rows if r is not None and any(r.targets)]
     return kept, len(rows) - len(kept)
 
 
-def train(base: FrozenModel, examples: Sequence[Example], config: TrainConfig) -> Trained:
+def train(
+    base: FrozenModel,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    teacher: Teacher | None = None,
+) -> Trained:
+    """Train a soft prompt on `examples`: by cross-entropy on their answers, or (objective KL) to
+    match `teacher`'s next-token distributions along them."""
     config.validate()
+    if (config.objective is Objective.KL) != (teacher is not None):
+        raise ValueError("the kl objective needs a teacher (--distill-from), and only it does")
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
-    rows, skipped = _encode_all(base, examples, config)
+    rows, skipped = _encode_all(base, examples, config, teacher)
     if len(rows) < 2:
         raise ValueError(f"need at least 2 usable examples, got {len(rows)} ({skipped} too long)")
     train_rows, val_rows = _split(rows, config.val_split, rng)
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
+    objective = Loss(base, pad_id, teacher)
     model = trainable_model(base, config.kind, config.virtual_tokens, config.init)
-    offset = prepends_embeddings(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr or DEFAULT_LR[config.kind], weight_decay=0.0)
     per_epoch = math.ceil(len(train_rows) / config.batch_size)
@@ -169,27 +216,27 @@ def train(base: FrozenModel, examples: Sequence[Example], config: TrainConfig) -
     best: Validation | None = None
     best_state = copy.deepcopy(model.prompt_encoder.state_dict())
     since_best, step, tokens, stopped_early = 0, 0, 0, False
-    initial = mean_loss(model, val_rows, config.batch_size, pad_id) if val_rows else None
+    initial = mean_loss(model, val_rows, config.batch_size, objective) if val_rows else None
     started = time.perf_counter()
     bar = tqdm(total=total, disable=not config.progress, unit="step", dynamic_ncols=True)
     while step < total and not stopped_early:
         for rows_ in _batches(train_rows, config.batch_size, rng):
-            batch = collate(rows_, pad_id)
-            loss = score_targets(model, batch, offset).mean_loss()
+            summed, count = objective.summed(model, rows_)
+            loss = summed / max(count, 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
-            tokens += int(batch.attention_mask.sum())
+            tokens += sum(len(r.ids) for r in rows_)
             losses.append(float(loss.detach()))
             elapsed = time.perf_counter() - started
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / elapsed:.0f}")
             bar.update(1)
             if step % eval_every == 0 or step == total:
                 recent = losses[-(step - (history[-1].step if history else 0)) :]
-                val = mean_loss(model, val_rows, config.batch_size, pad_id) if val_rows else None
+                val = mean_loss(model, val_rows, config.batch_size, objective) if val_rows else None
                 point = Validation(step, step / per_epoch, sum(recent) / len(recent), val)
                 history.append(point)
                 bar.write(
