@@ -136,3 +136,21 @@ def test_shipped_personas_load_and_their_shots_pass_their_checks() -> None:
             assert persona.check.passes(shot[-1].content), (name, shot[-1].content)
         saved = json.loads((folder / f"{name}.check.json").read_text())
         assert Check.from_json(persona.check.to_json()) == Check.from_json(saved)
+
+
+def test_bad_persona_files_are_refused_with_their_name(tmp_path: Path) -> None:
+    persona = tmp_path / "p.txt"
+    with pytest.raises(ValueError, match="no persona file"):
+        load_persona(persona)
+    persona.write_text("You are terse.")
+    with pytest.raises(ValueError, match="check"):
+        load_persona(persona)
+    (tmp_path / "p.check.json").write_text('{"rule": "terse"}')
+    (tmp_path / "p.shots.jsonl").write_text('{"messages": [{"role": "system", "content": "x"}]}\n')
+    with pytest.raises(ValueError, match=r"p\.shots\.jsonl:1"):
+        load_persona(persona)
+    (tmp_path / "p.shots.jsonl").write_text("not json\n")
+    with pytest.raises(ValueError, match=r"p\.shots\.jsonl:1"):
+        load_persona(persona)
+    (tmp_path / "p.shots.jsonl").unlink()
+    assert load_persona(persona).shots == ()

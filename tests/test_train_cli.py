@@ -268,7 +268,7 @@ def test_persona_from_distill_to_train_to_eval(
     args = ["eval", "--persona", str(persona), "--prompt", "yes", "--prompts", str(prompts)]
     out_json = tmp_path / "p.json"
     args += ["--data", str(held), "--max-new-tokens", "6", "--json", str(out_json)]
-    assert main([*args, *model]) == 0
+    assert main([*args, "--record", *model]) == 0
     table = capsys.readouterr().out
     assert "| soft prompt |" in table and "| bare model |" in table
     subjects = {s["subject"]: s for s in json.loads(out_json.read_text())["subjects"]}
@@ -276,4 +276,7 @@ def test_persona_from_distill_to_train_to_eval(
     assert teacher["top1_agreement"] == 1.0 and abs(teacher["mean_kl"]) < 1e-4
     assert subjects["soft prompt"]["virtual_tokens"] == 20
     assert teacher["prompt_tokens"] > subjects["bare model"]["prompt_tokens"] + 10
+    recorded = json.loads((prompts / "yes" / "task.json").read_text())["info"]
+    assert recorded["evaluation"]["questions"] == 6 and recorded["training"]["objective"] == "kl"
+    assert (prompts / "yes" / "loss.png").is_file()
     assert main(["eval", "--persona", str(persona), "--none", "--data", str(held), *model]) == 2

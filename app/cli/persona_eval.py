@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,13 @@ from app.engine import SamplingParams
 from app.model.loader import FrozenModel
 from app.model.soft_prompt import SoftPrompt
 from app.registry.names import validate_task_name
-from app.registry.store import Registry
+from app.registry.peft_format import Limits
+from app.registry.store import Registry, read_prompt_folder
 from app.render import ChatMessage, chat_ids
 from app.train.agreement import agreement
 from app.train.data import ChatExample
 from app.train.persona import Persona, load_persona, on_topic
+from app.train.save import LOSS_PLOT
 from app.train.teacher import Teacher, build_teacher
 
 
@@ -144,8 +146,29 @@ def persona_eval_command(args: argparse.Namespace, base: FrozenModel) -> int:
         )
     for f in figures:
         print(f"{f.subject}: " + " / ".join(repr(s[:100]) for s in f.samples))
+    out: dict[str, Any] = {"persona": persona.name, "questions": len(held)}
+    out["max_new_tokens"] = args.max_new_tokens
+    out["subjects"] = [asdict(f) for f in figures]
     if args.json is not None:
-        out: dict[str, Any] = {"persona": persona.name, "questions": len(held)}
-        out["subjects"] = [asdict(f) for f in figures]
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    if args.record:
+        record_figures(args.prompts, args.prompt, base, out)
+        print(f"recorded the figures in {args.prompts / args.prompt / 'task.json'}")
     return 0
+
+
+def record_figures(prompts: Path, task: str, base: FrozenModel, figures: dict[str, Any]) -> None:
+    """Put the figures in the task's task.json (`info.evaluation`): a new version, validated and
+    written atomically like any other; the loss curve beside it is kept."""
+    folder = prompts / task
+    files = read_prompt_folder(folder, Limits())
+    meta = json.loads(files.task) if files.task else {}
+    meta.setdefault("info", {})["evaluation"] = {
+        k: v for k, v in figures.items() if k != "subjects"
+    } | {"subjects": [{k: v for k, v in s.items() if k != "samples"} for s in figures["subjects"]]}
+    plot = folder / LOSS_PLOT
+    curve = plot.read_bytes() if plot.is_file() else None
+    task_json = (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode()
+    Registry(prompts, base.spec).put(task, replace(files, task=task_json))
+    if curve is not None:
+        plot.write_bytes(curve)

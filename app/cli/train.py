@@ -76,6 +76,9 @@ def add_commands(sub: Any) -> None:
         help="NAME.txt: persona figures of --prompt TASK on --data (distill --eval-out's file)",
     )
     e.add_argument("--max-new-tokens", type=int, default=64, help="answer budget for --persona")
+    e.add_argument(
+        "--record", action="store_true", help="--persona: keep the figures in the task's task.json"
+    )
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", type=Path, help="also write the figures as JSON here")
     add_distill(sub)
