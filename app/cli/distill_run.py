@@ -117,7 +117,8 @@ def distill_command(args: argparse.Namespace, base: FrozenModel) -> int:
         seed=args.seed,
     )
     first = [(ChatMessage("user", q.text),) for q in train_qs]
-    answers = answer_all(base, teacher_reads(base, teacher, first), sampling)
+    reads = teacher_reads(base, teacher, first)
+    answers = answer_all(base, reads, sampling)
     chats: list[tuple[ChatMessage, ...]] = [
         (*m, ChatMessage("assistant", a.text)) for m, a in zip(first, answers, strict=True)
     ]
@@ -140,7 +141,7 @@ def distill_command(args: argparse.Namespace, base: FrozenModel) -> int:
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(_chat(c) + "\n" for c in kept), encoding="utf-8")
-    figures = _counts(base, persona, teacher, train_qs, answers, kept)
+    figures = _counts(base, persona, teacher, first, reads, answers, kept)
     if eval_qs and args.eval_out:
         greedy = SamplingParams(max_tokens=args.eval_max_tokens, temperature=0.0)
         asked = [(ChatMessage("user", q.text),) for q in eval_qs]
@@ -170,24 +171,22 @@ def _counts(
     base: FrozenModel,
     persona: Persona,
     teacher: Teacher,
-    questions: Sequence[Question],
+    asked: Sequence[Sequence[ChatMessage]],
+    reads: Sequence[Reading],
     answers: Sequence[Answer],
     kept: Sequence[object],
 ) -> dict[str, float | int | None]:
     # What each request pays for the persona: its whole context, against the bare question
     # (the chat template adds a few tokens of its own around it).
-    tok = base.tokenizer
     context = len(teacher.context_ids)
-    with_context = [
-        context + len(teacher.tail_ids(tok, (ChatMessage("user", q.text),))) for q in questions
-    ]
-    without = [len(chat_ids(tok, (ChatMessage("user", q.text),))) for q in questions]
+    with_context = [context + len(r.ids) for r in reads]
+    without = [len(chat_ids(base.tokenizer, m)) for m in asked]
     return {
         "conversations": len(kept),
-        "dropped": len(questions) - len(kept),
+        "dropped": len(asked) - len(kept),
         "unfinished": sum(not a.finished for a in answers),
         "teacher_adherence": persona.adherence([a.text for a in answers]),
-        "prompt_tokens_with_system": sum(with_context) / len(questions),
-        "prompt_tokens_without": sum(without) / len(questions),
+        "prompt_tokens_with_system": sum(with_context) / len(asked),
+        "prompt_tokens_without": sum(without) / len(asked),
         "context_tokens": context,
     }

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.cli.distill_run import Reading, answer_all
+from app.cli.distill_run import Reading, answer_all, teacher_reads
 from app.engine import SamplingParams
 from app.model.loader import FrozenModel
 from app.model.soft_prompt import SoftPrompt
@@ -90,12 +90,11 @@ def _figures(
 ) -> SubjectFigures:
     tok = base.tokenizer
     asked = [(ChatMessage("user", h.question),) for h in held]
-    if isinstance(subject, Teacher):
-        reads = [Reading(subject.tail_ids(tok, m), subject.prompt) for m in asked]
-        context = len(subject.context_ids)
-    else:
+    if isinstance(subject, SoftPrompt):
         reads = [Reading(chat_ids(tok, m), subject) for m in asked]
-        context = 0
+    else:
+        reads = teacher_reads(base, subject, asked)
+    context = len(subject.context_ids) if isinstance(subject, Teacher) else 0
     answers = answer_all(base, reads, SamplingParams(max_tokens=max_tokens, temperature=0.0))
     texts = [a.text for a in answers]
     chats = [

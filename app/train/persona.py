@@ -65,8 +65,10 @@ class Check:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown check fields: {', '.join(unknown)}")
-        lists = {k: tuple(str(w).lower() for w in data.get(k, ())) for k in ("words", "praise")}
-        lists["subject"] = tuple(str(w).lower() for w in data.get("subject", ()))
+        lists = {
+            k: tuple(str(w).lower() for w in data.get(k, ()))
+            for k in ("words", "praise", "subject")
+        }
         check = cls(
             rule=str(data["rule"]),
             description=str(data.get("description", "")),

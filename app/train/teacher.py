@@ -40,9 +40,8 @@ class Teacher:
     def encode(self, tokenizer: Any, example: ChatExample) -> Encoded:
         """The example as the teacher reads it after its context; targets as the student's."""
         row = encode_chat(tokenizer, ChatExample((*self.context, *example.messages)))
-        n = len(self.context_ids)
-        self._strip(row.ids)
-        return Encoded(ids=row.ids[n:], targets=row.targets[n:])
+        ids = self._strip(row.ids)
+        return Encoded(ids=ids, targets=row.targets[len(self.context_ids) :])
 
     def _strip(self, ids: tuple[int, ...]) -> tuple[int, ...]:
         n = len(self.context_ids)
