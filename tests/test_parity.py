@@ -16,6 +16,7 @@ from app.engine import (
     SamplingParams,
     compute_kv_prefix,
     lean,
+    weights,
 )
 from app.engine import kv as kvops
 from app.engine.engine import Backend
@@ -71,7 +72,12 @@ def _lean_logits(
     tiny: FrozenModel, soft_prompt: SoftPrompt, ids: list[int], tokens: list[int], chunk: int
 ) -> torch.Tensor:
     """The same through the lean forward and its slot cache, the prompt in chunks of `chunk`."""
-    model = lean.build(tiny.model, dtype=torch.float32, max_positions=tiny.spec.max_context)
+    model = weights.build(
+        tiny.config,
+        tiny.weights.tensors(),
+        dtype=torch.float32,
+        max_positions=tiny.spec.max_context,
+    )
     runner = LeanRunner(model, tiny, num_slots=2, max_len=tiny.spec.max_context)
     runner.admit(None)  # a neighbour slot, so the row under test is not slot 0
     prefix = compute_kv_prefix(tiny, soft_prompt)

@@ -17,7 +17,7 @@ from enum import StrEnum
 
 import torch
 
-from app.engine import lean
+from app.engine import lean, weights
 from app.engine.constraint import TokenMatcher, apply_masks
 from app.engine.lean import LeanUnsupported, Segment
 from app.engine.prefix import PrefixCache
@@ -99,12 +99,14 @@ class _Row:
 def make_runner(base: FrozenModel, config: EngineConfig, max_context: int) -> Runner:
     if config.backend is not Backend.HF:
         try:
-            model = lean.build(base.model, dtype=base.dtype, max_positions=max_context)
+            model = weights.build(
+                base.config, base.weights.tensors(), dtype=base.dtype, max_positions=max_context
+            )
             int8 = config.quantize is Quantize.INT8 or (
                 config.quantize is Quantize.AUTO and base.dtype == torch.bfloat16
             )
             if int8 and not config.quantize_in_background:
-                model = lean.quantize_int8(model, config.int8_max_tokens)
+                model = weights.quantize_int8(model, config.int8_max_tokens)
             runner = LeanRunner(model, base, config.max_batch_size, max_context)
             if int8 and config.quantize_in_background:
                 _quantize_later(runner, model, config.int8_max_tokens)
@@ -117,11 +119,11 @@ def make_runner(base: FrozenModel, config: EngineConfig, max_context: int) -> Ru
 
 
 def _quantize_later(runner: LeanRunner, model: lean.LeanModel, int8_max_tokens: int) -> None:
-    lean.require_int8_dtype(model.dtype)  # before the thread: a bad setting fails at start-up
+    weights.require_int8_dtype(model.dtype)  # before the thread: a bad setting fails at start-up
 
     def work() -> None:
         started = time.perf_counter()
-        runner.upgrade(lean.quantize_int8(model, int8_max_tokens))
+        runner.upgrade(weights.quantize_int8(model, int8_max_tokens))
         log.info("int8 weights ready after %.1f s", time.perf_counter() - started)
 
     threading.Thread(target=work, name="softserve-quantize", daemon=True).start()

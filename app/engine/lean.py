@@ -1,26 +1,23 @@
 """A lean forward for the Llama family (Llama, SmolLM2, Mistral, Qwen2-style q/k/v biases), in the
-gpt-fast style: the weights pulled out of the HF model once into fused, typed records, and one
+gpt-fast style: the weights in fused, typed records (built by `app.engine.weights`), and one
 `forward` over a flat list of tokens from many rows, reading and writing a preallocated slot KV
 cache in place.
 
 Contract: for float32 weights the logits equal the HF model's within 1e-4 (same operations in the
-same order: RMSNorm in float32, rotary tables from the model's own rotary module, softmax attention
-over exactly the row's own columns). A row's result never depends on the other rows: linear layers
+same order: RMSNorm in float32, rotary tables computed as the model's rotary module does, softmax
+attention over exactly the row's own columns). A row's result never depends on the other rows: linear layers
 treat every token alone, and attention reads only the row's own slot.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
 
 from app.engine.slots import SlotCache
-
-SUPPORTED_TYPES = frozenset({"llama", "mistral", "qwen2"})
 
 
 class LeanUnsupported(RuntimeError):
@@ -83,124 +80,6 @@ class Segment:
     start: int
     emit: bool  # the row samples from the last token's logits this step
     score: bool = False  # also return the logits of every token (prompt log-probabilities)
-
-
-def check_supported(model: PreTrainedModel) -> None:
-    config = model.config
-    kind = getattr(config, "model_type", "")
-    if kind not in SUPPORTED_TYPES:
-        raise LeanUnsupported(f"model type {kind!r} (lean forward: {sorted(SUPPORTED_TYPES)})")
-    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "mlp_bias", False):
-        raise LeanUnsupported("only SiLU-gated MLPs without bias")
-    rope = getattr(config, "rope_parameters", None) or {}
-    if "dynamic" in str(rope.get("rope_type", "default")):
-        raise LeanUnsupported("dynamic rotary scaling")
-    window = getattr(config, "sliding_window", None)
-    windowed = getattr(config, "use_sliding_window", True)
-    if window is not None and windowed and int(window) < int(config.max_position_embeddings):
-        raise LeanUnsupported("sliding-window attention")
-
-
-def _linear(modules: list[torch.nn.Linear], dtype: torch.dtype) -> Linear:
-    weight = torch.cat([m.weight.detach() for m in modules]).to(dtype)  # [out, in]
-    biases = [m.bias for m in modules]
-    bias = None
-    if any(b is not None for b in biases):
-        bias = torch.cat(
-            [
-                b.detach() if b is not None else torch.zeros(m.out_features, device=weight.device)
-                for b, m in zip(biases, modules, strict=True)
-            ]
-        ).to(dtype)
-    return Linear(weight=weight.contiguous(), bias=bias)
-
-
-def _int8(linear: Linear, keep_full: bool) -> Linear:
-    """Symmetric per-output-channel int8: w ~= qweight * scale, |qweight| <= 127."""
-    assert linear.weight is not None
-    full = linear.weight.float()
-    scales = full.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [out]
-    qweight = torch.round(full / scales[:, None]).clamp(-127, 127).to(torch.int8)
-    return Linear(
-        weight=linear.weight if keep_full else None,
-        bias=linear.bias,
-        qweight=qweight.contiguous(),
-        scales=scales.to(linear.weight.dtype),
-    )
-
-
-def require_int8_dtype(dtype: torch.dtype) -> None:
-    """int8 weights run with bfloat16 activations only (int8 x fp32 is ~30x slower here)."""
-    if dtype != torch.bfloat16:
-        raise LeanUnsupported("int8 weights need bfloat16 activations (--dtype bfloat16)")
-
-
-def quantize_int8(lean: LeanModel, int8_max_tokens: int = 1 << 30) -> LeanModel:
-    """The same model with int8 linears, used for steps of at most `int8_max_tokens` tokens (the
-    bf16 weights are kept for larger steps, unless every step uses int8)."""
-    require_int8_dtype(lean.dtype)
-    keep = int8_max_tokens < (1 << 30)
-    layers = tuple(
-        replace(
-            layer,
-            qkv=_int8(layer.qkv, keep),
-            o=_int8(layer.o, keep),
-            gate_up=_int8(layer.gate_up, keep),
-            down=_int8(layer.down, keep),
-        )
-        for layer in lean.layers
-    )
-    return replace(
-        lean, layers=layers, lm_head=_int8(lean.lm_head, keep), int8_max_tokens=int8_max_tokens
-    )
-
-
-def build(
-    model: PreTrainedModel,
-    *,
-    dtype: torch.dtype,
-    max_positions: int,
-) -> LeanModel:
-    """Pull the weights out of a loaded HF model of the Llama family (q/k/v and gate/up fused).
-    For int8 weights, pass the result to `quantize_int8`."""
-    check_supported(model)
-    config = model.config
-    inner = model.model
-    layers = []
-    for block in inner.layers:
-        attn, mlp = block.self_attn, block.mlp
-        layers.append(
-            Layer(
-                attn_norm=block.input_layernorm.weight.detach().to(dtype),
-                qkv=_linear([attn.q_proj, attn.k_proj, attn.v_proj], dtype),
-                o=_linear([attn.o_proj], dtype),
-                mlp_norm=block.post_attention_layernorm.weight.detach().to(dtype),
-                gate_up=_linear([mlp.gate_proj, mlp.up_proj], dtype),
-                down=_linear([mlp.down_proj], dtype),
-            )
-        )
-    num_heads = int(config.num_attention_heads)
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // num_heads)
-    # The model's own rotary module makes the tables, so every rope variant it knows matches.
-    device = inner.embed_tokens.weight.device
-    positions = torch.arange(max_positions, device=device)[None]  # [1, S]
-    probe = torch.zeros(1, dtype=dtype, device=device)
-    cos, sin = inner.rotary_emb(probe, positions)  # [1, S, hd] each
-    lean = LeanModel(
-        embed=inner.embed_tokens.weight.detach().to(dtype),
-        layers=tuple(layers),
-        norm=inner.norm.weight.detach().to(dtype),
-        lm_head=_linear([model.lm_head], dtype),
-        cos=cos[0].to(dtype),
-        sin=sin[0].to(dtype),
-        eps=float(getattr(config, "rms_norm_eps", 1e-6)),
-        num_heads=num_heads,
-        num_kv_heads=int(getattr(config, "num_key_value_heads", None) or num_heads),
-        head_dim=head_dim,
-        dtype=dtype,
-        int8_max_tokens=-1,
-    )
-    return lean
 
 
 # -- the forward ----------------------------------------------------------------------------
