@@ -18,7 +18,8 @@ from app.engine.lean import LeanModel, Linear
 from app.engine.runner import LeanRunner
 from app.model import FrozenModel, load_base_model
 from app.model.loader import freeze
-from tests.conftest import run_to_completion, tokens_of
+from app.registry import Registry
+from tests.conftest import KINDS, MakeAdapter, run_to_completion, tokens_of
 from tests.tiny import save_tiny, tiny_tokenizer
 
 
@@ -89,17 +90,29 @@ def test_files_give_the_same_weights_as_the_built_model(
     _same(from_files, from_model)
 
 
-def test_serving_never_builds_the_hf_model(tiny: FrozenModel, tmp_path: Path) -> None:
-    loaded = load_base_model(str(save_tiny(tiny, tmp_path)), cache_dir=tmp_path / "cache")
+@pytest.mark.parametrize("kind", KINDS)
+def test_serving_never_builds_the_hf_model(
+    tiny: FrozenModel, make_adapter: MakeAdapter, tmp_path: Path, kind: str
+) -> None:
+    """Not for the bare model, nor for any kind of soft prompt (the lean forward computes
+    prompt-tuning prefixes itself), and the tokens are those of the model built in memory."""
+    loaded = load_base_model(str(save_tiny(tiny, tmp_path / "model")), cache_dir=tmp_path / "c")
     assert replace(loaded.spec, model_id=tiny.spec.model_id) == tiny.spec
+    make_adapter(tmp_path / "prompts", "task", kind)
+    registry = Registry(tmp_path / "prompts", tiny.spec)
+    registry.load_all()
+    soft = registry.get("task").soft_prompt
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     ids = tuple(tiny.tokenizer("What is the capital of France?")["input_ids"])
     outs = [
-        tokens_of(run_to_completion(Engine(base), GenerationRequest("r", ids, params))["r"])
+        tokens_of(
+            run_to_completion(Engine(base), GenerationRequest(str(i), ids, params, sp))[str(i)]
+        )
         for base in (loaded, tiny)
+        for i, sp in enumerate((None, soft))
     ]
     assert isinstance(Engine(loaded).runner, LeanRunner)
-    assert outs[0] == outs[1]
+    assert outs[:2] == outs[2:]
     assert not loaded.weights.built
     assert torch.equal(loaded.model.lm_head.weight, tiny.model.lm_head.weight)  # built on use
     assert loaded.weights.built

@@ -135,8 +135,10 @@ class Engine:
         self.config = config or EngineConfig()
         limit = self.config.max_context or base.spec.max_context
         self.max_context = min(limit, base.spec.max_context)
-        self.prefixes = PrefixCache(base, int(self.config.kv_prefix_cache_mib * 2**20))
         self.runner = make_runner(base, self.config, self.max_context)
+        # The lean forward computes prompt-tuning prefixes itself: the HF model is never built.
+        virtual = self.runner.virtual_kv if isinstance(self.runner, LeanRunner) else None
+        self.prefixes = PrefixCache(base, int(self.config.kv_prefix_cache_mib * 2**20), virtual)
         self.history: deque[StepRecord] = deque(maxlen=self.config.history_steps)
         self._waiting: deque[GenerationRequest] = deque()
         self._rows: list[_Row] = []  # in admission order

@@ -198,7 +198,12 @@ def _attention(
     return out.view(n, hq * hd)
 
 
-def forward(lean: LeanModel, cache: SlotCache, segments: list[Segment]) -> torch.Tensor:
+def forward(
+    lean: LeanModel,
+    cache: SlotCache,
+    segments: list[Segment],
+    embeds: torch.Tensor | None = None,  # [N, D]: these input vectors instead of the tokens'
+) -> torch.Tensor:
     """Run every segment's tokens through the model, writing their K/V into their slots.
     Returns float32 logits [R + S, V]: first one row per segment with `emit`, in the order of
     `emit_order` (decode segments first, then the others), then one row per token of every
@@ -210,7 +215,7 @@ def forward(lean: LeanModel, cache: SlotCache, segments: list[Segment]) -> torch
     hq, hkv, hd = lean.num_heads, lean.num_kv_heads, lean.head_dim
     cos = lean.cos[batch.positions][:, None]  # [N, 1, hd]
     sin = lean.sin[batch.positions][:, None]
-    x = lean.embed[ids]  # [N, D]
+    x = lean.embed[ids] if embeds is None else embeds.to(lean.dtype)  # [N, D]
     for index, layer in enumerate(lean.layers):
         h = rms_norm(x, layer.attn_norm, lean.eps)
         qkv = layer.qkv(h, int8)  # [N, (Hq + 2 Hkv) * hd]
@@ -226,6 +231,25 @@ def forward(lean: LeanModel, cache: SlotCache, segments: list[Segment]) -> torch
         x = x + layer.down(F.silu(gate) * up, int8)
     last = rms_norm(x[batch.emit_index], lean.norm, lean.eps)  # [R, D]: only rows that sample
     return lean.lm_head(last, int8).float()  # [R, V]
+
+
+def virtual_kv(lean: LeanModel, table: torch.Tensor) -> torch.Tensor:
+    """K/V [L, 2, Hkv, P, hd] of P virtual-token vectors `table` [P, D] at positions 0..P-1:
+    a prompt-tuning soft prompt's KV prefix (causal attention: they never see the request)."""
+    length = table.shape[0]
+    cache = SlotCache(
+        num_layers=len(lean.layers),
+        num_slots=1,
+        kv_heads=lean.num_kv_heads,
+        head_dim=lean.head_dim,
+        max_len=length,
+        dtype=lean.dtype,
+        device=table.device,
+    )
+    slot = cache.allocate(None)
+    forward(lean, cache, [Segment(slot, (0,) * length, 0, emit=False)], embeds=table)
+    layers = [cache.layer(i) for i in range(len(lean.layers))]
+    return torch.stack([torch.stack((k[slot, :, :length], v[slot, :, :length])) for k, v in layers])
 
 
 def _is_decode(seg: Segment) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,8 +12,15 @@ from transformers import DynamicCache
 from app.engine.kv import KVPrefix, cache_tensors
 from app.model import FrozenModel, SoftPrompt
 
+# Virtual-token vectors [P, D] -> their K/V [L, 2, Hkv, P, hd] (the lean forward's `virtual_kv`).
+VirtualKV = Callable[[torch.Tensor], torch.Tensor]
 
-def compute_kv_prefix(base: FrozenModel, soft_prompt: SoftPrompt) -> KVPrefix:
+
+def compute_kv_prefix(
+    base: FrozenModel, soft_prompt: SoftPrompt, virtual: VirtualKV | None = None
+) -> KVPrefix:
+    """A soft prompt's KV prefix. Virtual tokens (prompt tuning, P-tuning) run through
+    `virtual` when given (the lean forward: no HF model needed), else the HF model."""
     spec = base.spec
     table = soft_prompt.table.to(device=base.device, dtype=base.dtype)
     length = soft_prompt.num_virtual_tokens
@@ -24,6 +32,9 @@ def compute_kv_prefix(base: FrozenModel, soft_prompt: SoftPrompt) -> KVPrefix:
         return KVPrefix(kv=kv.contiguous())
     # Virtual tokens come first and attention is causal, so their K/V never depend on the
     # request: run them through the frozen model once, at positions 0..P-1.
+    if virtual is not None:
+        with torch.inference_mode():
+            return KVPrefix(kv=virtual(table))
     cache = DynamicCache()
     with torch.inference_mode():
         base.model(
@@ -55,8 +66,11 @@ class PrefixCache:
     whole capacity is computed and used but not kept.
     """
 
-    def __init__(self, base: FrozenModel, capacity_bytes: int) -> None:
+    def __init__(
+        self, base: FrozenModel, capacity_bytes: int, virtual: VirtualKV | None = None
+    ) -> None:
         self._base = base
+        self._virtual = virtual
         self._capacity = capacity_bytes
         self._items: OrderedDict[str, KVPrefix] = OrderedDict()
         self._bytes = 0
@@ -73,7 +87,7 @@ class PrefixCache:
             self._hits += 1
             return found
         self._misses += 1
-        prefix = compute_kv_prefix(self._base, soft_prompt)
+        prefix = compute_kv_prefix(self._base, soft_prompt, self._virtual)
         if prefix.nbytes <= self._capacity:
             self._items[soft_prompt.key] = prefix
             self._bytes += prefix.nbytes

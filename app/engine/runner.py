@@ -80,6 +80,10 @@ class LeanRunner:
     def admit(self, prefix: KVPrefix | None) -> int:
         return self.cache.allocate(None if prefix is None else prefix.kv.to(self.model.dtype))
 
+    def virtual_kv(self, table: torch.Tensor) -> torch.Tensor:
+        """Virtual tokens' K/V through the lean forward (engine thread, between steps)."""
+        return lean.virtual_kv(self.model, table)
+
     def upgrade(self, model: LeanModel) -> None:
         """Any thread: `model` (same weights, other kernels) serves from the next step on."""
         self._upgrade = model
