@@ -137,15 +137,23 @@ def test_continuous_usage_stats(client: openai.OpenAI) -> None:
     assert len(made) == len(chunks) and made == sorted(made) and made[-1] == 5
 
 
-def test_cached_tokens_are_soft_prompt_positions(client: openai.OpenAI) -> None:
-    def cached(model: str) -> int:
-        out = client.completions.create(model=model, prompt="Hi", max_tokens=1, n=2)
+def test_cached_tokens_count_what_was_read_not_computed(client: openai.OpenAI) -> None:
+    def usage(model: str, prompt: str) -> tuple[int, int]:
+        out = client.completions.create(model=model, prompt=prompt, max_tokens=1, n=2)
         assert out.usage is not None and out.usage.prompt_tokens_details is not None
-        return int(out.usage.prompt_tokens_details.cached_tokens or 0)
+        return out.usage.prompt_tokens, int(out.usage.prompt_tokens_details.cached_tokens or 0)
 
-    cached("ptune")  # the prefix is computed (or already cached) ...
-    assert cached("ptune") == VIRTUAL["ptune"]  # ... and now read from the cache, once per prompt
-    assert cached(TINY_MODEL_ID) == 0
+    prompt = "Cached tokens: a prompt no other test sends"
+    # The bare model, first time: nothing of it is held anywhere.
+    tokens, cached = usage(TINY_MODEL_ID, prompt)
+    assert cached == 0
+    # Again: a KV slot still holds every prompt token but the last (computed for the logits).
+    assert usage(TINY_MODEL_ID, prompt) == (tokens, tokens - 1)
+    # A soft prompt's positions come from the KV-prefix cache once it has them; counted once per
+    # prompt (not per choice).
+    usage("ptune", "Hi")
+    tokens, cached = usage("ptune", "Hi")
+    assert cached == VIRTUAL["ptune"] + tokens - 1
 
 
 def test_body_errors_say_what_is_wrong(server: LiveServer) -> None:

@@ -81,7 +81,7 @@ def _lean_logits(
     runner = LeanRunner(model, tiny, num_slots=2, max_len=tiny.spec.max_context)
     runner.admit(None)  # a neighbour slot, so the row under test is not slot 0
     prefix = compute_kv_prefix(tiny, soft_prompt, runner.virtual_kv)  # the lean forward's own
-    slot = runner.admit(prefix)
+    slot = runner.admit(prefix).slot
     logits = []
     with torch.inference_mode():
         for start in range(0, len(ids), chunk):

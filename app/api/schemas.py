@@ -123,7 +123,8 @@ class ChatCompletionRequest(SamplingFields):
 
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = Field(
-        description="soft-prompt positions read from the KV-prefix cache (not recomputed)"
+        description="positions read from a cache, not recomputed: the soft prompt's (KV-prefix "
+        "cache) and leading prompt tokens a KV slot still held from an earlier request"
     )
 
 

@@ -39,6 +39,8 @@ from app.model import FrozenModel, Quantize
 
 log = logging.getLogger("softserve.engine")
 
+_BARE = "base model"  # the KV-cache content key of rows without a soft prompt
+
 
 class Backend(StrEnum):
     AUTO = "auto"  # the lean forward where the architecture allows, else HF's
@@ -79,7 +81,9 @@ class _Row:
     generator: torch.Generator
     text: TextStream
     virtual: int  # soft-prompt columns at the start of its slot
-    cached: int = 0  # virtual columns read from the KV-prefix cache (a hit), not computed
+    # Positions read from a cache, not computed: the soft prompt's virtual columns when the
+    # KV-prefix cache had them, plus prompt tokens whose K/V the row's slot still held.
+    cached: int = 0
     prefilled: int = 0  # prompt tokens already in the cache
     last_token: int = -1
     generated: int = 0
@@ -321,13 +325,20 @@ class Engine:
         virtual = soft.num_virtual_tokens if soft else 0
         cached = virtual if soft is not None and soft.key in self.prefixes else 0
         prefix = self.prefixes.get(soft) if soft else None
+        # A slot may still hold this prompt's first tokens (after the same soft prompt) from an
+        # earlier row: those are not computed again. At least the last token is, for the logits
+        # that choose the first answer token; a scored prompt needs every token's logits.
+        scored = request.sampling.prompt_logprobs is not None
+        reusable = () if scored else request.prompt_ids[:-1]
+        admission = self.runner.admit(prefix, soft.key if soft else _BARE, reusable)
         return _Row(
             request=request,
-            slot=self.runner.admit(prefix),
+            slot=admission.slot,
             generator=generator,
             text=TextStream(self.base.tokenizer, request.sampling.stop),
             virtual=virtual,
-            cached=cached,
+            cached=cached + admission.reused,
+            prefilled=admission.reused,
             matcher=request.sampling.constraint.matcher() if request.sampling.constraint else None,
         )
 

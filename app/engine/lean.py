@@ -246,7 +246,7 @@ def virtual_kv(lean: LeanModel, table: torch.Tensor) -> torch.Tensor:
         dtype=lean.dtype,
         device=table.device,
     )
-    slot = cache.allocate(None)
+    slot = cache.allocate(None).slot
     forward(lean, cache, [Segment(slot, (0,) * length, 0, emit=False)], embeds=table)
     layers = [cache.layer(i) for i in range(len(lean.layers))]
     return torch.stack([torch.stack((k[slot, :, :length], v[slot, :, :length])) for k, v in layers])

@@ -5,6 +5,7 @@ give back logits for the rows that sample, keyed by slot, so the engine does not
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,7 +16,7 @@ from app.engine import lean
 from app.engine.forward import decode_step, prefill
 from app.engine.kv import KVPrefix
 from app.engine.lean import LeanModel, Segment
-from app.engine.slots import SlotCache
+from app.engine.slots import Admission, SlotCache
 from app.model import FrozenModel
 
 
@@ -42,8 +43,12 @@ class Runner(Protocol):
     @property
     def free_slots(self) -> int: ...
 
-    def admit(self, prefix: KVPrefix | None) -> int:
-        """Take a slot for a new row starting from `prefix`; returns the slot."""
+    def admit(
+        self, prefix: KVPrefix | None, key: Hashable = None, prompt: Sequence[int] = ()
+    ) -> Admission:
+        """Take a slot for a new row starting from `prefix` (known as `key`) whose prompt starts
+        with `prompt`; a runner that kept those tokens' K/V from an earlier row says how many
+        it reuses (the row's prefill starts after them)."""
         ...
 
     def forward(self, segments: list[Segment]) -> StepLogits:
@@ -77,8 +82,11 @@ class LeanRunner:
     def free_slots(self) -> int:
         return self.cache.free_slots
 
-    def admit(self, prefix: KVPrefix | None) -> int:
-        return self.cache.allocate(None if prefix is None else prefix.kv.to(self.model.dtype))
+    def admit(
+        self, prefix: KVPrefix | None, key: Hashable = None, prompt: Sequence[int] = ()
+    ) -> Admission:
+        kv = None if prefix is None else prefix.kv.to(self.model.dtype)
+        return self.cache.allocate(kv, key, prompt)
 
     def virtual_kv(self, table: torch.Tensor) -> torch.Tensor:
         """Virtual tokens' K/V through the lean forward (engine thread, between steps)."""
@@ -128,11 +136,13 @@ class HFRunner:
     def free_slots(self) -> int:
         return len(self._free)
 
-    def admit(self, prefix: KVPrefix | None) -> int:
+    def admit(
+        self, prefix: KVPrefix | None, key: Hashable = None, prompt: Sequence[int] = ()
+    ) -> Admission:
         self._free.sort()
         slot = self._free.pop(0)
         self._pending[slot] = prefix
-        return slot
+        return Admission(slot, 0)  # whole prompts at once: nothing is reused
 
     def forward(self, segments: list[Segment]) -> StepLogits:
         new = [s for s in segments if s.slot in self._pending]
