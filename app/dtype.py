@@ -25,6 +25,11 @@ class DType(StrEnum):
 
 
 class Quantize(StrEnum):
-    AUTO = "auto"  # int8 where the lean forward runs in bfloat16, else none
+    AUTO = (
+        "auto"  # w8a8 where the lean forward runs in bfloat16 on a CPU (int8 elsewhere), else none
+    )
     NONE = "none"
     INT8 = "int8"  # weight-only, per output channel, bfloat16 activations (lean forward only)
+    # int8 as above for small steps, and int8 activations too (per token, SmoothQuant-smoothed,
+    # oneDNN) for steps of more tokens (lean forward on a CPU only)
+    W8A8 = "w8a8"

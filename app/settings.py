@@ -38,10 +38,15 @@ class Settings(BaseSettings):
     # The defaults are the fastest setting whose quality holds (README: bench/precision).
     dtype: DType = DType.BFLOAT16
     quantize: Quantize = Field(
-        Quantize.AUTO, description="int8: weight-only int8 linears; auto: int8 with bfloat16"
+        Quantize.AUTO,
+        description="int8: weight-only int8 linears; w8a8: int8 activations too for larger "
+        "steps; auto: w8a8 with bfloat16 on a CPU",
     )
     int8_max_tokens: int = Field(
-        8, ge=0, description="with int8: steps of more tokens use the bf16 weights (faster there)"
+        8,
+        ge=0,
+        description="steps of at most this many tokens use weight-only int8 kernels; larger ones "
+        "bf16 (int8) or int8 activations too (w8a8)",
     )
     backend: Literal["auto", "lean", "hf"] = Field(
         "auto", description="lean: Softserve's Llama-family forward; hf: the model's own"

@@ -1,7 +1,9 @@
 """What each weight-precision setting costs in quality, through the engine that serves them:
 SST-2 dev accuracy of the shipped `sst2-sentiment` task (its template, greedy, one token, the
-answer compared with the label word) and greedy agreement with fp32 on a fixed set of chat prompts
-(64 tokens each, four rows at a time, so decode steps are small and int8 kernels run there).
+answer compared with the label word), greedy agreement with fp32 on a fixed set of chat prompts
+(64 tokens each, four rows at a time, so decode steps are small and int8 kernels run there), and
+next-token agreement with fp32 along fp32's own answers (top-1 and mean KL over the vocabulary),
+read in one large step and token by token: large and small steps use different kernels.
 
     .venv/bin/python -m bench.precision [--quick] [--limit N]
 """
@@ -13,7 +15,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from app.engine import Backend, Engine, EngineConfig, GenerationRequest, SamplingParams
+from app.engine.lean import Segment, forward
+from app.engine.runner import LeanRunner
 from app.model import DType, FrozenModel, Quantize, load_base_model
 from app.registry import Registry
 from app.render import ChatMessage, chat_ids, render_completion
@@ -57,7 +63,9 @@ SETTINGS = [
     # The model's own forward in bfloat16: what rounding alone costs, whoever runs the model.
     Setting("bfloat16, HF forward (reference)", DType.BFLOAT16, Quantize.NONE, backend=Backend.HF),
     Setting("bfloat16 + int8 (steps <= 8 tokens)", DType.BFLOAT16, Quantize.INT8, 8),
+    Setting("w8a8 (int8 <= 8 tokens, int8 activations above)", DType.BFLOAT16, Quantize.W8A8, 8),
     Setting("int8 everywhere", DType.BFLOAT16, Quantize.INT8),
+    Setting("int8 activations everywhere", DType.BFLOAT16, Quantize.W8A8, 0),
 ]
 
 
@@ -107,6 +115,45 @@ def greedy(base: FrozenModel, config: EngineConfig, tokens: int) -> dict[str, li
     return run_all(engine, requests)
 
 
+def teacher_forced(
+    base: FrozenModel, engine: Engine, answers: dict[str, list[int]], one_step: bool
+) -> list[torch.Tensor]:
+    """Log-probabilities [T, V] at every answer position of each question followed by its fp32
+    answer: the whole sequence in one step (large-step kernels), or the question in one step and
+    then one token per step (small-step kernels)."""
+    runner = engine.runner
+    assert isinstance(runner, LeanRunner)
+    out = []
+    for i, question in enumerate(QUESTIONS):
+        prompt = chat_ids(base.tokenizer, [ChatMessage("user", question)])
+        answer = tuple(answers[f"q{i}"])
+        runner.reset()
+        slot = runner.admit(None).slot
+        with torch.inference_mode():
+            if one_step:
+                seq = tuple(prompt) + answer[:-1]
+                got = forward(runner.model, runner.cache, [Segment(slot, seq, 0, False, True)])
+                logits = got[len(prompt) - 1 :]
+            else:
+                rows = [forward(runner.model, runner.cache, [Segment(slot, prompt, 0, True)])]
+                for j, token in enumerate(answer[:-1]):
+                    step = Segment(slot, (token,), len(prompt) + j, True)
+                    rows.append(forward(runner.model, runner.cache, [step]))
+                logits = torch.cat(rows)
+        out.append(torch.log_softmax(logits.float(), dim=-1))
+    return out
+
+
+def next_token(reference: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[float, float]:
+    """Top-1 agreement and mean KL(reference || got) per answer position."""
+    same = sum(
+        int((g.argmax(-1) == r.argmax(-1)).sum()) for r, g in zip(reference, got, strict=True)
+    )
+    kl = sum(float((r.exp() * (r - g)).sum()) for r, g in zip(reference, got, strict=True))
+    positions = sum(len(r) for r in reference)
+    return same / positions, kl / positions
+
+
 def agreement(reference: dict[str, list[int]], got: dict[str, list[int]]) -> tuple[float, int]:
     """Share of tokens equal before each answer's first difference; answers equal throughout."""
     same, exact = 0, 0
@@ -125,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     limit = 64 if args.quick and args.limit is None else args.limit
     cache = Settings().cache_dir
-    rows, reference = [], None
+    rows, reference, forced = [], None, None
     for setting in SETTINGS[:2] if args.quick else SETTINGS:
         base = load_base_model(dtype=setting.dtype, cache_dir=cache)
         config = EngineConfig(
@@ -139,23 +186,37 @@ def main() -> None:
         answers = greedy(base, config, args.tokens)
         reference = reference or answers
         share, exact = agreement(reference, answers)
-        rows.append(
-            {
-                "setting": setting.name,
-                "sst2_accuracy": round(accuracy, 4),
-                "sst2_reviews": n,
-                "greedy_agreement": round(share, 4),
-                "greedy_exact": f"{exact}/{len(QUESTIONS)}",
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-        )
+        row = {
+            "setting": setting.name,
+            "sst2_accuracy": round(accuracy, 4),
+            "sst2_reviews": n,
+            "greedy_agreement": round(share, 4),
+            "greedy_exact": f"{exact}/{len(QUESTIONS)}",
+        }
+        if isinstance(engine.runner, LeanRunner):
+            large = teacher_forced(base, engine, reference, one_step=True)
+            small = teacher_forced(base, engine, reference, one_step=False)
+            forced = forced or (large, small)
+            for name, got, ref in (("large", large, forced[0]), ("small", small, forced[1])):
+                top1, kl = next_token(ref, got)
+                row[f"top1_{name}_steps"], row[f"kl_{name}_steps"] = round(top1, 4), round(kl, 5)
+        rows.append(row | {"seconds": round(time.perf_counter() - start, 1)})
         print(rows[-1], flush=True)
-    print("\n| setting | SST-2 dev accuracy | greedy agreement with fp32 | answers equal |")
-    print("|---|---|---|---|")
+    print(
+        "\n| setting | SST-2 dev accuracy | greedy agreement with fp32 | answers equal "
+        "| top-1 / KL, large steps | top-1 / KL, small steps |"
+    )
+    print("|---|---|---|---|---|---|")
     for r in rows:
+        forced_cols = " | ".join(
+            f"{r[f'top1_{k}_steps']:.3f} / {r[f'kl_{k}_steps']:.4f}"
+            if f"top1_{k}_steps" in r
+            else ""
+            for k in ("large", "small")
+        )
         print(
             f"| {r['setting']} | {r['sst2_accuracy']:.3f} ({r['sst2_reviews']}) | "
-            f"{r['greedy_agreement']:.3f} | {r['greedy_exact']} |"
+            f"{r['greedy_agreement']:.3f} | {r['greedy_exact']} | {forced_cols} |"
         )
     write("precision", {"rows": rows, "tokens": args.tokens, "questions": QUESTIONS})
     plot_bars(
@@ -165,6 +226,9 @@ def main() -> None:
         {
             "SST-2 dev accuracy": [r["sst2_accuracy"] for r in rows],
             "greedy agreement with fp32": [r["greedy_agreement"] for r in rows],
+            "next-token top-1 with fp32, large steps": [
+                r.get("top1_large_steps", 0.0) for r in rows
+            ],
         },
         "share",
     )

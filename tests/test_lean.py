@@ -95,6 +95,51 @@ def test_int8_weights_are_used(tiny: FrozenModel) -> None:
 def test_int8_needs_bf16(tiny: FrozenModel) -> None:
     with pytest.raises(LeanUnsupported, match="bfloat16"):
         Engine(tiny, EngineConfig(quantize=Quantize.INT8))
+    with pytest.raises(LeanUnsupported, match="bfloat16"):
+        Engine(tiny, EngineConfig(quantize=Quantize.W8A8))
+
+
+@pytest.mark.parametrize("int8_max_tokens", [0, 4], ids=["w8a8", "w8a8-hybrid"])
+def test_w8a8_agreement_with_fp32(tiny: FrozenModel, int8_max_tokens: int) -> None:
+    """Stated tolerance, as for int8: greedy agreement with fp32 within 0.2 of bf16's (on the
+    real model int8 activations cost more than int8 weights alone: README, bench/precision)."""
+    reference = _greedy(tiny, EngineConfig(backend=Backend.HF))
+    base = _in_dtype(tiny, torch.bfloat16)
+    bf16 = _agreement(reference, _greedy(base, EngineConfig(backend=Backend.HF)))
+    config = EngineConfig(quantize=Quantize.W8A8, int8_max_tokens=int8_max_tokens)
+    assert _agreement(reference, _greedy(base, config)) >= bf16 - 0.2
+
+
+def test_w8a8_kernels_serve_the_larger_steps(tiny: FrozenModel) -> None:
+    """int8 activations in steps of more than int8_max_tokens tokens, weight-only int8 at or
+    below; the bf16 weights are not kept; each linear's output stays close to bf16's."""
+    base = _in_dtype(tiny, torch.bfloat16)
+    runner = Engine(base, EngineConfig(quantize=Quantize.W8A8, int8_max_tokens=4)).runner
+    assert isinstance(runner, LeanRunner)
+    qkv = runner.model.layers[0].qkv
+    assert qkv.w8a8 is not None and qkv.qweight is not None and qkv.weight is None
+    bf16 = Engine(base, EngineConfig(quantize=Quantize.NONE)).runner
+    assert isinstance(bf16, LeanRunner)
+    reference = bf16.model.layers[0].qkv
+    x = torch.randn(16, reference.weight.shape[1]).to(torch.bfloat16)  # type: ignore[union-attr]
+    want = reference(x, small=False).float()
+    for got in (qkv(x, small=False).float(), qkv(x, small=True).float()):
+        assert (got - want).norm() / want.norm() < 0.05
+    assert not torch.equal(qkv(x, small=False), qkv(x, small=True))  # two different kernels
+
+
+def test_w8a8_rows_do_not_depend_on_each_other(tiny: FrozenModel) -> None:
+    """One activation scale per token: a row's int8 inputs, hence its output, are the same
+    whatever else shares the step."""
+    base = _in_dtype(tiny, torch.bfloat16)
+    runner = Engine(base, EngineConfig(quantize=Quantize.W8A8, int8_max_tokens=0)).runner
+    assert isinstance(runner, LeanRunner)
+    down = runner.model.layers[1].down
+    x = torch.randn(12, runner.model.layers[1].down.w8a8.inv_smooth.shape[0]).bfloat16()  # type: ignore[union-attr]
+    x[3] *= 50  # one loud row
+    together = down(x, small=False)
+    alone = torch.cat([down(x[i : i + 1], small=False) for i in range(len(x))])
+    assert torch.equal(together, alone)
 
 
 def test_other_architectures_fall_back_to_hf(tiny: FrozenModel) -> None:

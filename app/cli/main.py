@@ -25,7 +25,9 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--device", help="cpu or cuda[:N]")
     p.add_argument("--dtype", help="bfloat16 (default), float32 or float16")
-    p.add_argument("--quantize", help="auto (default: int8 with bfloat16), none or int8")
+    p.add_argument(
+        "--quantize", help="auto (default: w8a8 with bfloat16 on a CPU), none, int8, w8a8"
+    )
     p.add_argument("--backend", help="auto (default), lean or hf")
     p.add_argument("--prefill-chunk", type=int, dest="prefill_chunk")
     p.add_argument("--max-batch-size", type=int, dest="max_batch_size")

@@ -7,17 +7,19 @@ Single-threaded by design: one caller (the bridge's engine thread) owns it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
 
-from app.engine import lean, weights
+from app.engine import lean, w8a8, weights
 from app.engine.constraint import TokenMatcher, apply_masks
 from app.engine.lean import LeanUnsupported, Segment
 from app.engine.prefix import PrefixCache
@@ -57,7 +59,9 @@ class EngineConfig:
     history_steps: int = 4096
     backend: Backend = Backend.AUTO
     quantize: Quantize = Quantize.NONE
-    int8_max_tokens: int = 1 << 30  # with int8: steps of more tokens use the bf16 weights
+    # int8 / w8a8: steps of at most this many tokens use weight-only int8 kernels, larger ones
+    # bf16 (int8) or int8 activations too (w8a8)
+    int8_max_tokens: int = 1 << 30
     # Prompt tokens per step (lean forward): a long prompt never stalls the decoding rows.
     prefill_chunk: int = 256
     # Quantize on a background thread and serve bf16 meanwhile (a server starts ~2 s sooner).
@@ -106,28 +110,49 @@ def make_runner(base: FrozenModel, config: EngineConfig, max_context: int) -> Ru
             model = weights.build(
                 base.config, base.weights.tensors(), dtype=base.dtype, max_positions=max_context
             )
-            int8 = config.quantize is Quantize.INT8 or (
-                config.quantize is Quantize.AUTO and base.dtype == torch.bfloat16
-            )
-            if int8 and not config.quantize_in_background:
-                model = weights.quantize_int8(model, config.int8_max_tokens)
+            mode = _quantize_mode(config.quantize, base)
+            quantized = functools.partial(_quantized, base, model, mode, config.int8_max_tokens)
+            if mode is not Quantize.NONE:
+                weights.require_int8_dtype(model.dtype)  # a bad setting fails at start-up
+            if mode is not Quantize.NONE and not config.quantize_in_background:
+                model = quantized()
             runner = LeanRunner(model, base, config.max_batch_size, max_context)
-            if int8 and config.quantize_in_background:
-                _quantize_later(runner, model, config.int8_max_tokens)
+            if mode is not Quantize.NONE and config.quantize_in_background:
+                _quantize_later(runner, quantized)
             return runner
         except LeanUnsupported as exc:
-            if config.backend is Backend.LEAN or config.quantize is Quantize.INT8:
+            if config.backend is Backend.LEAN or config.quantize in (Quantize.INT8, Quantize.W8A8):
                 raise
             log.info("lean forward unavailable (%s): using the model's own forward", exc)
     return HFRunner(base, config.max_batch_size)
 
 
-def _quantize_later(runner: LeanRunner, model: lean.LeanModel, int8_max_tokens: int) -> None:
-    weights.require_int8_dtype(model.dtype)  # before the thread: a bad setting fails at start-up
+def _quantize_mode(setting: Quantize, base: FrozenModel) -> Quantize:
+    """`auto`: int8 activations too where the weights are bfloat16 and oneDNN runs them (a CPU),
+    weight-only int8 for bfloat16 elsewhere, nothing for other dtypes."""
+    if setting is Quantize.W8A8 and not w8a8.available(base.device):
+        raise LeanUnsupported("int8 activations need a CPU torch build with oneDNN")
+    if setting is not Quantize.AUTO:
+        return setting
+    if base.dtype != torch.bfloat16:
+        return Quantize.NONE
+    return Quantize.W8A8 if w8a8.available(base.device) else Quantize.INT8
 
+
+def _quantized(
+    base: FrozenModel, model: lean.LeanModel, mode: Quantize, int8_max_tokens: int
+) -> lean.LeanModel:
+    int8 = weights.quantize_int8(model, int8_max_tokens)
+    if mode is not Quantize.W8A8 or int8.layers[0].qkv.weight is None:  # no larger steps
+        return int8
+    ids = base.tokenizer(w8a8.CALIBRATION, add_special_tokens=False)["input_ids"]
+    return w8a8.quantize(int8, ids, int8_max_tokens)
+
+
+def _quantize_later(runner: LeanRunner, quantized: Callable[[], lean.LeanModel]) -> None:
     def work() -> None:
         started = time.perf_counter()
-        runner.upgrade(weights.quantize_int8(model, int8_max_tokens))
+        runner.upgrade(quantized())
         log.info("int8 weights ready after %.1f s", time.perf_counter() - started)
 
     threading.Thread(target=work, name="softserve-quantize", daemon=True).start()

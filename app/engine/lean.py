@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,24 +25,35 @@ class LeanUnsupported(RuntimeError):
     """The model is outside the Llama family this forward implements: the engine falls back."""
 
 
+class LargeLinear(Protocol):
+    """The kernel of a linear for larger steps when it is not bf16's (`w8a8.W8A8`)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...  # [N, in] -> [N, out], no bias
+
+
 @dataclass(frozen=True, eq=False)
 class Linear:
     """One projection. `weight` [out, in] in the compute dtype; with int8, `qweight` [out, in]
-    int8 and `scales` [out] (per output channel) are used when the step's token count is at most
-    `int8_max_tokens` (int8 GEMV wins at small batches, bf16 GEMM at large ones)."""
+    int8 and `scales` [out] (per output channel) serve steps of at most `int8_max_tokens` tokens
+    (int8 GEMV wins at small batches), and `w8a8` (int8 activations too) larger ones where set,
+    else `weight` (bf16 GEMM)."""
 
     weight: torch.Tensor | None
     bias: torch.Tensor | None
     qweight: torch.Tensor | None = None
     scales: torch.Tensor | None = None
+    w8a8: LargeLinear | None = None
 
-    def __call__(self, x: torch.Tensor, int8: bool) -> torch.Tensor:  # [N, in] -> [N, out]
-        if int8 and self.qweight is not None:
+    def __call__(self, x: torch.Tensor, small: bool) -> torch.Tensor:  # [N, in] -> [N, out]
+        if small and self.qweight is not None:
             assert self.scales is not None
             y = torch.ops.aten._weight_int8pack_mm(x, self.qweight, self.scales)
-            return y if self.bias is None else y + self.bias
-        assert self.weight is not None
-        return F.linear(x, self.weight, self.bias)
+        elif self.w8a8 is not None:
+            y = self.w8a8(x)
+        else:
+            assert self.weight is not None
+            return F.linear(x, self.weight, self.bias)
+        return y if self.bias is None else y + self.bias
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,7 +79,7 @@ class LeanModel:
     num_kv_heads: int
     head_dim: int
     dtype: torch.dtype
-    int8_max_tokens: int  # use the int8 weights for steps of at most this many tokens
+    int8_max_tokens: int  # steps of at most this many tokens use the weight-only int8 kernels
 
 
 @dataclass(frozen=True)
@@ -211,45 +223,57 @@ def forward(
     device = lean.embed.device
     batch = _plan(segments, cache.advance(segments), device)
     ids = batch.ids
-    int8 = ids.shape[0] <= lean.int8_max_tokens
+    small = ids.shape[0] <= lean.int8_max_tokens
     hq, hkv, hd = lean.num_heads, lean.num_kv_heads, lean.head_dim
     cos = lean.cos[batch.positions][:, None]  # [N, 1, hd]
     sin = lean.sin[batch.positions][:, None]
     x = lean.embed[ids] if embeds is None else embeds.to(lean.dtype)  # [N, D]
     for index, layer in enumerate(lean.layers):
         h = rms_norm(x, layer.attn_norm, lean.eps)
-        qkv = layer.qkv(h, int8)  # [N, (Hq + 2 Hkv) * hd]
+        qkv = layer.qkv(h, small)  # [N, (Hq + 2 Hkv) * hd]
         q = rope(qkv[:, : hq * hd].view(-1, hq, hd), cos, sin)
         k = rope(qkv[:, hq * hd : (hq + hkv) * hd].view(-1, hkv, hd), cos, sin)
         v = qkv[:, (hq + hkv) * hd :].view(-1, hkv, hd)
         k_cache, v_cache = cache.layer(index)
         k_cache[batch.slots, :, batch.positions] = k.to(k_cache.dtype)  # in place: [N, Hkv, hd]
         v_cache[batch.slots, :, batch.positions] = v.to(v_cache.dtype)
-        x = x + layer.o(_attention(lean, q, k_cache, v_cache, batch), int8)
+        x = x + layer.o(_attention(lean, q, k_cache, v_cache, batch), small)
         h = rms_norm(x, layer.mlp_norm, lean.eps)
-        gate, up = layer.gate_up(h, int8).chunk(2, dim=-1)
-        x = x + layer.down(F.silu(gate) * up, int8)
+        gate, up = layer.gate_up(h, small).chunk(2, dim=-1)
+        x = x + layer.down(F.silu(gate) * up, small)
     last = rms_norm(x[batch.emit_index], lean.norm, lean.eps)  # [R, D]: only rows that sample
-    return lean.lm_head(last, int8).float()  # [R, V]
+    return lean.lm_head(last, small).float()  # [R, V]
 
 
 def virtual_kv(lean: LeanModel, table: torch.Tensor) -> torch.Tensor:
     """K/V [L, 2, Hkv, P, hd] of P virtual-token vectors `table` [P, D] at positions 0..P-1:
     a prompt-tuning soft prompt's KV prefix (causal attention: they never see the request)."""
     length = table.shape[0]
+    cache, slot = run_alone(lean, (0,) * length, embeds=table)
+    layers = [cache.layer(i) for i in range(len(lean.layers))]
+    return torch.stack([torch.stack((k[slot, :, :length], v[slot, :, :length])) for k, v in layers])
+
+
+def run_alone(
+    lean: LeanModel,
+    tokens: tuple[int, ...],
+    embeds: torch.Tensor | None = None,
+    logits: bool = False,
+) -> tuple[SlotCache, int]:
+    """One sequence through the model at positions 0.. in a cache of its own (the LM head run on
+    every token if `logits`): (cache, slot)."""
     cache = SlotCache(
         num_layers=len(lean.layers),
         num_slots=1,
         kv_heads=lean.num_kv_heads,
         head_dim=lean.head_dim,
-        max_len=length,
+        max_len=len(tokens),
         dtype=lean.dtype,
-        device=table.device,
+        device=lean.embed.device,
     )
     slot = cache.allocate(None).slot
-    forward(lean, cache, [Segment(slot, (0,) * length, 0, emit=False)], embeds=table)
-    layers = [cache.layer(i) for i in range(len(lean.layers))]
-    return torch.stack([torch.stack((k[slot, :, :length], v[slot, :, :length])) for k, v in layers])
+    forward(lean, cache, [Segment(slot, tokens, 0, emit=False, score=logits)], embeds=embeds)
+    return cache, slot
 
 
 def _is_decode(seg: Segment) -> bool:

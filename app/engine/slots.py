@@ -120,7 +120,7 @@ class SlotCache:
         if key is None or held.key != key or held.virtual != virtual:
             return -1
         n = 0
-        for a, b in zip(held.tokens, prompt):
+        for a, b in zip(held.tokens, prompt, strict=False):
             if a != b:
                 break
             n += 1
