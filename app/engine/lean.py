@@ -119,6 +119,7 @@ class _Batch:
     positions: torch.Tensor  # [N]
     decode_rows: int  # the first decode_rows tokens are single-token segments
     decode_slots: torch.Tensor  # [Bd]
+    decode_dense: bool  # the decode rows are slots 0..Bd-1 in order: no scatter or gather
     decode_width: int  # columns the decode attention reads (max length among them)
     decode_mask: torch.Tensor | None  # [M, 1, 1, W] bool over slots 0..M-1
     prefill: tuple[tuple[Segment, int], ...]  # (segment, offset of its first token in N)
@@ -159,6 +160,7 @@ def _plan(segments: list[Segment], lengths: list[int], device: torch.device) -> 
         positions=torch.tensor(positions, dtype=torch.long, device=device),
         decode_rows=len(decode),
         decode_slots=torch.tensor([s.slot for s in decode], dtype=torch.long, device=device),
+        decode_dense=[s.slot for s in decode] == list(range(len(decode))),
         decode_width=width,
         decode_mask=mask,
         prefill=tuple(zip(prefill, offsets[len(decode) :], strict=True)),
@@ -178,14 +180,17 @@ def _attention(
     hkv = lean.num_kv_heads
     group = hq // hkv
     scale = 1.0 / math.sqrt(hd)
-    out = torch.empty_like(q)
     if batch.decode_rows:
         assert batch.decode_mask is not None
         rows, width = batch.decode_mask.shape[0], batch.decode_width
-        # Queries laid out by slot so K/V are plain views of slots 0..M-1 (no gather); a slot that
-        # does not decode this step gets a zero query whose output is thrown away.
-        qd = q.new_zeros(rows, hkv, group, hd)  # the group's heads act as query rows: GQA, no copy
-        qd[batch.decode_slots] = q[: batch.decode_rows].view(-1, hkv, group, hd)
+        # Queries laid out by slot so K/V are plain views of slots 0..M-1 (no gather); the
+        # group's heads act as query rows (GQA without repeating K/V). A slot that does not
+        # decode this step gets a zero query whose output is thrown away.
+        if batch.decode_dense:
+            qd = q[:rows].view(rows, hkv, group, hd)
+        else:
+            qd = q.new_zeros(rows, hkv, group, hd)
+            qd[batch.decode_slots] = q[: batch.decode_rows].view(-1, hkv, group, hd)
         o = F.scaled_dot_product_attention(
             qd,
             k_cache[:rows, :, :width],
@@ -193,7 +198,12 @@ def _attention(
             attn_mask=batch.decode_mask,
             scale=scale,
         )  # [M, Hkv, G, hd]
-        out[: batch.decode_rows] = o[batch.decode_slots].view(-1, hq, hd)
+        if not batch.prefill and batch.decode_dense:  # a decode-only step: o is the output
+            return o.view(n, hq * hd)
+        decoded = o[:rows] if batch.decode_dense else o[batch.decode_slots]
+    out = torch.empty_like(q)
+    if batch.decode_rows:
+        out[: batch.decode_rows] = decoded.view(-1, hq, hd)
     for seg, offset in batch.prefill:
         t, end = len(seg.tokens), seg.start + len(seg.tokens)
         qs = q[offset : offset + t].view(t, hkv, group, hd).permute(1, 2, 0, 3)  # [Hkv, G, t, hd]
@@ -231,8 +241,8 @@ def forward(
     for index, layer in enumerate(lean.layers):
         h = rms_norm(x, layer.attn_norm, lean.eps)
         qkv = layer.qkv(h, small)  # [N, (Hq + 2 Hkv) * hd]
-        q = rope(qkv[:, : hq * hd].view(-1, hq, hd), cos, sin)
-        k = rope(qkv[:, hq * hd : (hq + hkv) * hd].view(-1, hkv, hd), cos, sin)
+        qk = rope(qkv[:, : (hq + hkv) * hd].view(-1, hq + hkv, hd), cos, sin)  # one pass for both
+        q, k = qk[:, :hq], qk[:, hq:]  # [N, Hq, hd], [N, Hkv, hd]
         v = qkv[:, (hq + hkv) * hd :].view(-1, hkv, hd)
         k_cache, v_cache = cache.layer(index)
         k_cache[batch.slots, :, batch.positions] = k.to(k_cache.dtype)  # in place: [N, Hkv, hd]
@@ -282,8 +292,10 @@ def _is_decode(seg: Segment) -> bool:
 
 
 def _ordered(segments: list[Segment]) -> list[Segment]:
-    """The step's token order: decode-like segments first, then prompt chunks."""
-    return [s for s in segments if _is_decode(s)] + [s for s in segments if not _is_decode(s)]
+    """The step's token order: decode-like segments first (by slot: with every slot busy their
+    attention needs no scatter or gather), then prompt chunks."""
+    decode = sorted((s for s in segments if _is_decode(s)), key=lambda s: s.slot)
+    return decode + [s for s in segments if not _is_decode(s)]
 
 
 def emit_order(segments: list[Segment]) -> list[Segment]:

@@ -59,17 +59,20 @@ class W8A8:
     zero_points: torch.Tensor  # [out] zeros: symmetric weights
     inv_smooth: torch.Tensor  # [in] float32, 1 / s
     offset: torch.Tensor  # 128.5: uint8 activations with zero point 128, rounded by truncation
+    unit: torch.Tensor  # 1.0: the activations' scale in the kernel (each token's is applied after)
+    zero_point: torch.Tensor  # 128
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [N, in] bf16 -> [N, out] bf16
-        xs = x * self.inv_smooth  # [N, in] float32: smoothed
+        # Every op here is in one dtype: mixed-dtype ops copy their inputs first.
+        xs = x.float().mul_(self.inv_smooth)  # [N, in] float32: smoothed
         amax = xs.abs().amax(-1, keepdim=True).clamp_(min=1e-8)  # [N, 1]: one scale per token
         # round(xs * 127 / amax) + 128 in [1, 255]: +128.5 then truncation (all positive here).
         q = torch.addcmul(self.offset, xs, 127.0 / amax).to(torch.uint8)  # [N, in]
-        y = torch.ops.onednn.qlinear_pointwise(
-            q, 1.0, 128, self.packed, self.scales, self.zero_points,
+        y = torch.ops.onednn.qlinear_pointwise.tensor(
+            q, self.unit, self.zero_point, self.packed, self.scales, self.zero_points,
             None, 1.0, 0, torch.bfloat16, "none", [], "",
         )  # fmt: skip
-        return y.mul_(amax / 127.0)  # [N, out]
+        return y.mul_((amax / 127.0).to(y.dtype))  # [N, out]
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +107,8 @@ def _pack(qweight: torch.Tensor, scales: torch.Tensor, inv_smooth: torch.Tensor)
         zero_points=torch.zeros(out, dtype=torch.long, device=qweight.device),
         inv_smooth=inv_smooth.float().contiguous(),
         offset=torch.tensor(128.5, device=qweight.device),
+        unit=torch.tensor(1.0, device=qweight.device),
+        zero_point=torch.tensor(128, dtype=torch.int32, device=qweight.device),
     )
 
 
