@@ -280,3 +280,40 @@ def test_persona_from_distill_to_train_to_eval(
     assert recorded["evaluation"]["questions"] == 6 and recorded["training"]["objective"] == "kl"
     assert (prompts / "yes" / "loss.png").is_file()
     assert main(["eval", "--persona", str(persona), "--none", "--data", str(held), *model]) == 2
+
+
+def test_training_goes_on_from_a_saved_prompt(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--init from:FOLDER` starts from that prompt's table: the new run's first validation
+    loss is the saved prompt's best one (same data, same split); other kinds or sizes refused."""
+    data = _toy_tsv(tmp_path / "toy.tsv")
+    prompts = tmp_path / "prompts"
+    common = [
+        "--data", str(data), "--input-col", "sentence", "--output-col", "label",
+        "--label-map", "0=no,1=yes", "--template", "Q: {input}\\nA:", "--kind", "prefix",
+        "--virtual-tokens", "6", "--batch-size", "16", "--val-split", "32",
+        "--model", str(model_dir), "--out", str(prompts), "--quiet",
+    ]  # fmt: skip
+    assert main(["train", "--task", "first", "--steps", "6", *common]) == 0
+    first = json.loads((prompts / "first" / "task.json").read_text())["info"]["training"]
+    again = ["train", "--task", "second", "--steps", "1", "--init", f"from:{prompts / 'first'}"]
+    assert main([*again, *common]) == 0
+    second = json.loads((prompts / "second" / "task.json").read_text())["info"]["training"]
+    assert second["initial_val_loss"] == pytest.approx(first["best_val_loss"], rel=1e-4)
+    assert second["init"] == f"from:{prompts / 'first'}"
+    capsys.readouterr()
+
+    other_size = [
+        *again[:-2],
+        "--init",
+        f"from:{prompts / 'first'}",
+        *common,
+        "--virtual-tokens",
+        "4",
+    ]
+    assert main(other_size) == 2
+    assert "this prompt needs (4," in capsys.readouterr().err
+    other_kind = [a if a != "prefix" else "prompt" for a in [*again, *common]]
+    assert main(other_kind) == 2
+    assert "a prefix prompt cannot start a prompt one" in capsys.readouterr().err

@@ -39,7 +39,9 @@ def add_commands(sub: Any) -> None:
         help="ce: answer text cross-entropy; kl: match the teacher (default with --distill-from)",
     )
     t.add_argument("--virtual-tokens", type=int, default=20)
-    t.add_argument("--init", default="random", help='text:"...", random or vocab')
+    t.add_argument(
+        "--init", default="random", help='text:"...", random, vocab or from:FOLDER (go on training)'
+    )
     t.add_argument("--epochs", type=int, default=3, help="passes over the data (default 3)")
     t.add_argument("--steps", type=int, help="train this many steps instead (cycles the data)")
     t.add_argument("--lr", type=float, help="learning rate (default depends on --kind)")

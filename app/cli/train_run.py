@@ -14,11 +14,13 @@ from app.cli.prompts import push_folder
 from app.cli.remote_eval import remote_figures
 from app.model.kinds import PromptKind
 from app.model.loader import FrozenModel, load_base_model
+from app.registry.errors import InvalidPrompt
 from app.registry.names import validate_task_name
-from app.registry.store import Registry
+from app.registry.peft_format import Limits, parse_adapter_config, read_prompt_table
+from app.registry.store import Registry, read_prompt_folder
 from app.render import chat_ids
 from app.settings import Settings
-from app.train.adapters import PromptInit
+from app.train.adapters import InitKind, PromptInit
 from app.train.data import (
     Columns,
     Example,
@@ -75,6 +77,8 @@ def train_command(args: argparse.Namespace) -> int:
     config.validate()  # before the model loads: a typo should not cost 10 s
     persona = _teacher_persona(args.distill_from) if args.distill_from else None
     base = _base(args)
+    if config.init.kind is InitKind.FROM:
+        config = dataclasses.replace(config, init=_saved_table(config.init, base, config.kind))
     teacher = None
     if persona is not None and objective is Objective.KL:
         teacher = build_teacher(base, persona.context(), persona.name)
@@ -91,6 +95,7 @@ def train_command(args: argparse.Namespace) -> int:
         "data": args.data.name,
         "virtual_tokens": args.virtual_tokens,
         "objective": objective.value,
+        "init": args.init,
     }
     if persona is not None:
         extra["teacher"] = {
@@ -115,6 +120,23 @@ def train_command(args: argparse.Namespace) -> int:
             return 1
         print(f"pushed to {args.push}: {response.json().get('sha256', '')[:12]}")
     return 0
+
+
+def _saved_table(init: PromptInit, base: FrozenModel, kind: PromptKind) -> PromptInit:
+    """`--init from:FOLDER`: the saved prompt's table, validated as the server would read it."""
+    folder = Path(init.text or "")
+    limits = Limits()
+    try:
+        files = read_prompt_folder(folder, limits)
+        saved = parse_adapter_config(files.adapter_config, base.spec, limits)
+        table = read_prompt_table(files.adapter_model, saved, base.spec, limits)
+    except (InvalidPrompt, OSError) as exc:
+        raise ValueError(f"--init from:{folder}: {exc}") from None
+    if saved.kind is not kind:
+        raise ValueError(
+            f"--init from:{folder}: a {saved.kind.cli_name} prompt cannot start a {kind.cli_name} one"
+        )
+    return dataclasses.replace(init, table=table)
 
 
 def _teacher_persona(value: str) -> Persona:

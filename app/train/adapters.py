@@ -28,30 +28,36 @@ class InitKind(StrEnum):
     TEXT = "text"  # the embeddings (prompt) or key/values (prefix) of a text
     RANDOM = "random"
     VOCAB = "vocab"  # embeddings of random vocabulary tokens (prompt only)
+    FROM = "from"  # the table of a saved soft prompt of the same kind: training goes on from it
 
 
 _INITS = {
-    PromptKind.PROMPT_TUNING: (InitKind.TEXT, InitKind.RANDOM, InitKind.VOCAB),
+    PromptKind.PROMPT_TUNING: (InitKind.TEXT, InitKind.RANDOM, InitKind.VOCAB, InitKind.FROM),
     PromptKind.P_TUNING: (InitKind.RANDOM,),  # the encoder MLP reshapes whatever it starts from
-    PromptKind.PREFIX_TUNING: (InitKind.TEXT, InitKind.RANDOM),
+    PromptKind.PREFIX_TUNING: (InitKind.TEXT, InitKind.RANDOM, InitKind.FROM),
 }
 
 
 @dataclass(frozen=True)
 class PromptInit:
     kind: InitKind
-    text: str | None = None
+    text: str | None = None  # TEXT: the text; FROM: the saved prompt's folder
+    table: torch.Tensor | None = None  # FROM: its table [P, width], once read
 
     @classmethod
     def parse(cls, value: str) -> PromptInit:
-        """'text:Classify the sentiment', 'random' or 'vocab'."""
+        """'text:Classify the sentiment', 'random', 'vocab' or 'from:prompts/my-task'."""
         name, sep, text = value.partition(":")
         try:
             kind = InitKind(name)
         except ValueError:
-            raise ValueError(f'--init {value!r}: expected text:"...", random or vocab') from None
-        if (kind is InitKind.TEXT) != bool(sep and text):
-            raise ValueError(f'--init {value!r}: only text takes a value, as text:"..."')
+            raise ValueError(
+                f'--init {value!r}: expected text:"...", random, vocab or from:FOLDER'
+            ) from None
+        if (kind in (InitKind.TEXT, InitKind.FROM)) != bool(sep and text):
+            raise ValueError(
+                f'--init {value!r}: text and from take a value, as text:"..." or from:FOLDER'
+            )
         return cls(kind=kind, text=text or None)
 
     def check(self, kind: PromptKind) -> None:
@@ -120,6 +126,14 @@ def _initialise(model: PeftModel, base: FrozenModel, kind: PromptKind, init: Pro
             words: torch.Tensor = embed.weight
             picks = torch.randint(0, int(words.shape[0]), (int(table.shape[0]),))
             table.copy_(words[picks.to(words.device)])
+        elif init.kind is InitKind.FROM:
+            if init.table is None or init.table.shape != table.shape:
+                got = None if init.table is None else tuple(init.table.shape)
+                raise ValueError(
+                    f"--init from:{init.text}: its table is {got}, this prompt needs "
+                    f"{tuple(table.shape)} (same kind and --virtual-tokens)"
+                )
+            table.copy_(init.table.to(table.dtype))
         elif init.kind is InitKind.TEXT and init.text is not None:
             ids = _text_ids(base, init.text, int(table.shape[0]))
             if kind is PromptKind.PREFIX_TUNING:
