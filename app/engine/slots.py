@@ -87,15 +87,15 @@ class SlotCache:
         self, prefix: torch.Tensor | None, key: Hashable = None, prompt: Sequence[int] = ()
     ) -> Admission:
         """Take a free slot for a row starting from the KV prefix [L, 2, Hkv, P, hd] known as
-        `key`, whose prompt starts with `prompt`: the free slot already holding that prefix and
-        the longest start of `prompt` (its columns are reused as they are), else the lowest free
-        slot (keeps the decode attention's slot range short), the prefix copied in."""
+        `key` (None: nothing to reuse), whose prompt starts with `prompt`: the free slot already
+        holding that prefix and the longest start of `prompt` (its columns are reused as they
+        are); else an empty slot or the one freed longest ago, the prefix copied in. Ties go to
+        the lowest slot (keeps the decode attention's slot range short)."""
         if not self._free:
             raise RuntimeError("no free KV slot")
         virtual = 0 if prefix is None else int(prefix.shape[3])
         reuse = {slot: self._common(slot, key, virtual, prompt) for slot in self._free}
-        # Without a match: an empty slot, else the one freed longest ago (what it holds is the
-        # least likely to be asked for again); the lowest such slot.
+        # Without a match, what an old slot holds is the least likely to be asked for again.
         slot = max(
             self._free,
             key=lambda i: (reuse[i], self._held[i].key is None, -self._held[i].freed, -i),
