@@ -35,12 +35,14 @@ def workload(
     prompt_len: int,
     out: int,
 ) -> Callable[[], float]:
-    """A run of `n` requests, request i on soft prompt i % tasks; returns seconds to finish all."""
-    ids = random_ids(n, prompt_len, seed=1)
+    """A run of `n` requests, request i on soft prompt i % tasks; returns seconds to finish all.
+    Every run sends new prompts (a KV slot still holding one would be reused, not prefilled)."""
+    runs = iter(range(1, 1 << 30))
     params = SamplingParams(max_tokens=out, temperature=0.0, ignore_eos=True)
     engine = Engine(base, replace(config, max_batch_size=32))
 
     def run() -> float:
+        ids = random_ids(n, prompt_len, seed=next(runs))
         for i in range(n):
             engine.add_request(GenerationRequest(f"r{i}", ids[i], params, prompts[i % tasks]))
 

@@ -36,8 +36,9 @@ def prefill(
     prompt_len: int,
     cache_mib: float,
 ) -> Callable[[], float]:
-    """One engine step that admits and prefills the whole batch (max_tokens=1 ends it there)."""
-    ids = random_ids(len(prompts), prompt_len, seed=2)
+    """One engine step that admits and prefills the whole batch (max_tokens=1 ends it there).
+    Every run sends new prompts: a KV slot still holding a prompt would be reused, not prefilled."""
+    runs = iter(range(2, 1 << 30))
     params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
     # The whole batch in one step: the prefill budget is lifted to all of its tokens.
     whole = replace(
@@ -49,6 +50,7 @@ def prefill(
     engine = Engine(base, whole)
 
     def run() -> float:
+        ids = random_ids(len(prompts), prompt_len, seed=next(runs))
         for i, prompt in enumerate(prompts):
             engine.add_request(GenerationRequest(f"r{i}", ids[i], params, prompt))
         seconds = timed(engine.step, str(base.device))

@@ -122,13 +122,15 @@ class _Batch:
     decode_dense: bool  # the decode rows are slots 0..Bd-1 in order: no scatter or gather
     decode_width: int  # columns the decode attention reads (max length among them)
     decode_mask: torch.Tensor | None  # [M, 1, 1, W] bool over slots 0..M-1
-    prefill: tuple[tuple[Segment, int], ...]  # (segment, offset of its first token in N)
+    # (segment, offset of its first token in N, its causal mask [G*t, end] for the group's heads)
+    prefill: tuple[tuple[Segment, int, torch.Tensor], ...]
     emit_index: torch.Tensor  # [R] token index whose logits are returned (then: scored tokens)
     ids: torch.Tensor  # [N] every token, in this order
 
 
-def _plan(segments: list[Segment], lengths: list[int], device: torch.device) -> _Batch:
-    """lengths: each slot's filled columns after this step's tokens are written."""
+def _plan(segments: list[Segment], lengths: list[int], group: int, device: torch.device) -> _Batch:
+    """lengths: each slot's filled columns after this step's tokens are written; group: query
+    heads per K/V head."""
     ordered = _ordered(segments)
     decode = [s for s in ordered if _is_decode(s)]
     prefill = ordered[len(decode) :]
@@ -163,10 +165,19 @@ def _plan(segments: list[Segment], lengths: list[int], device: torch.device) -> 
         decode_dense=[s.slot for s in decode] == list(range(len(decode))),
         decode_width=width,
         decode_mask=mask,
-        prefill=tuple(zip(prefill, offsets[len(decode) :], strict=True)),
+        prefill=tuple(
+            (seg, offset, _causal(seg, group, device))
+            for seg, offset in zip(prefill, offsets[len(decode) :], strict=True)
+        ),
         emit_index=torch.tensor(emit + scored, dtype=torch.long, device=device),
         ids=torch.tensor([t for s in ordered for t in s.tokens], device=device),
     )
+
+
+def _causal(seg: Segment, group: int, device: torch.device) -> torch.Tensor:
+    """[G*t, end]: query i of the chunk (in each of the group's heads) sees columns <= its own."""
+    cols = torch.arange(seg.start + len(seg.tokens), device=device)
+    return (cols[None, :] <= cols[seg.start :, None]).repeat(group, 1)
 
 
 def _attention(
@@ -204,18 +215,17 @@ def _attention(
     out = torch.empty_like(q)
     if batch.decode_rows:
         out[: batch.decode_rows] = decoded.view(-1, hq, hd)
-    for seg, offset in batch.prefill:
+    for seg, offset, causal in batch.prefill:
         t, end = len(seg.tokens), seg.start + len(seg.tokens)
         qs = q[offset : offset + t].view(t, hkv, group, hd).permute(1, 2, 0, 3)  # [Hkv, G, t, hd]
-        cols = torch.arange(end, device=q.device)
-        causal = cols[None, :] <= (cols[seg.start :])[:, None]  # [t, end]
+        # 4-D, one batch row: CPU SDPA takes its fused kernel (3-D inputs take the math path).
         o = F.scaled_dot_product_attention(
-            qs.reshape(hkv, group * t, hd),
-            k_cache[seg.slot, :, :end],
-            v_cache[seg.slot, :, :end],
-            attn_mask=causal.repeat(group, 1),  # [G*t, end]
+            qs.reshape(1, hkv, group * t, hd),
+            k_cache[seg.slot : seg.slot + 1, :, :end],
+            v_cache[seg.slot : seg.slot + 1, :, :end],
+            attn_mask=causal,  # [G*t, end]
             scale=scale,
-        )  # [Hkv, G*t, hd]
+        )  # [1, Hkv, G*t, hd]
         out[offset : offset + t] = o.view(hkv, group, t, hd).permute(2, 0, 1, 3).reshape(t, hq, hd)
     return out.view(n, hq * hd)
 
@@ -231,7 +241,8 @@ def forward(
     `emit_order` (decode segments first, then the others), then one row per token of every
     segment with `score`, in the same segment order (see `scored_order`)."""
     device = lean.embed.device
-    batch = _plan(segments, cache.advance(segments), device)
+    group = lean.num_heads // lean.num_kv_heads
+    batch = _plan(segments, cache.advance(segments), group, device)
     ids = batch.ids
     small = ids.shape[0] <= lean.int8_max_tokens
     hq, hkv, hd = lean.num_heads, lean.num_kv_heads, lean.head_dim
