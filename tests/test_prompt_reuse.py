@@ -3,12 +3,14 @@ prompt) reuses them instead of computing them again, and answers exactly as if i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from app.engine.engine import Backend
+from app.engine.slots import _common_start
 from app.engine.types import RequestOutput
 from app.model import FrozenModel, SoftPrompt
 from app.registry import Registry
@@ -91,11 +93,26 @@ def test_only_the_common_start_under_the_same_prefix_is_reused(
     # Another soft prompt, or none: the same tokens sit behind other K/V, so nothing is reused.
     assert _run(engine, "b", ids, soft["px"])[0].cached_tokens == 0
     assert _run(engine, "c", ids)[0].cached_tokens == 0
-    # A prompt that parts ways after k tokens reuses k (the slot of "a" still holds them).
+    # A prompt that parts ways after k tokens reuses k where no empty slot is left.
+    alone = Engine(tiny, replace(LEAN, max_batch_size=1))
+    _run(alone, "a", ids, soft["pt"])
     other = ids[:3] + _ids(tiny, " lazy dog")
-    out = _run(engine, "d", other, soft["pt"])
+    out = _run(alone, "d", other, soft["pt"])
     assert out[0].cached_tokens == soft["pt"].num_virtual_tokens + 3
     assert tokens_of(out) == tokens_of(_run(Engine(tiny, LEAN), "e", other, soft["pt"]))
+
+
+def test_a_few_shared_tokens_take_an_empty_slot_not_a_held_conversation(
+    tiny: FrozenModel, soft: dict[str, SoftPrompt]
+) -> None:
+    engine = Engine(tiny, LEAN)
+    virtual = soft["pt"].num_virtual_tokens
+    ids = _ids(tiny, "The quick brown fox jumps over the lazy dog")
+    _run(engine, "a", ids, soft["pt"], tokens=8)
+    # Shares 3 of the ~18 tokens slot 0 holds: an empty slot is free, so slot 0 stays whole.
+    other = ids[:3] + _ids(tiny, " sat on the mat")
+    assert _run(engine, "d", other, soft["pt"])[0].cached_tokens == virtual
+    assert _run(engine, "a again", ids, soft["pt"])[0].cached_tokens == virtual + len(ids) - 1
 
 
 def test_a_scored_prompt_computes_every_token(tiny: FrozenModel) -> None:
@@ -127,3 +144,13 @@ def test_reuse_inside_a_busy_batch(tiny: FrozenModel, soft: dict[str, SoftPrompt
     for r in requests:
         alone = run_to_completion(Engine(tiny, LEAN), r)[r.request_id]
         assert tokens_of(got[r.request_id]) == tokens_of(alone), r.request_id
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 256])
+def test_common_start_by_chunks(chunk: int) -> None:
+    a = [1, 2, 3, 4, 5, 6, 7]
+    assert _common_start(a, [1, 2, 3, 4, 5, 6, 7, 8], chunk) == 7
+    assert _common_start(a, [1, 2, 3, 9, 5], chunk) == 3
+    assert _common_start(a, [], chunk) == 0
+    assert _common_start(a, [2], chunk) == 0
+    assert _common_start(a + [8] * 600, a + [8] * 599 + [0], chunk) == 606

@@ -313,7 +313,7 @@ def test_training_goes_on_from_a_saved_prompt(
         "4",
     ]
     assert main(other_size) == 2
-    assert "this prompt needs (4," in capsys.readouterr().err
+    assert "it has 6 virtual tokens, --virtual-tokens is 4" in capsys.readouterr().err
     other_kind = [a if a != "prefix" else "prompt" for a in [*again, *common]]
     assert main(other_kind) == 2
     assert "a prefix prompt cannot start a prompt one" in capsys.readouterr().err

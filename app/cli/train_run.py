@@ -78,7 +78,9 @@ def train_command(args: argparse.Namespace) -> int:
     persona = _teacher_persona(args.distill_from) if args.distill_from else None
     base = _base(args)
     if config.init.kind is InitKind.FROM:
-        config = dataclasses.replace(config, init=_saved_table(config.init, base, config.kind))
+        config = dataclasses.replace(
+            config, init=_saved_table(config.init, base, config.kind, config.virtual_tokens)
+        )
     teacher = None
     if persona is not None and objective is Objective.KL:
         teacher = build_teacher(base, persona.context(), persona.name)
@@ -122,7 +124,9 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved_table(init: PromptInit, base: FrozenModel, kind: PromptKind) -> PromptInit:
+def _saved_table(
+    init: PromptInit, base: FrozenModel, kind: PromptKind, virtual_tokens: int
+) -> PromptInit:
     """`--init from:FOLDER`: the saved prompt's table, validated as the server would read it."""
     folder = Path(init.text or "")
     limits = Limits()
@@ -135,6 +139,11 @@ def _saved_table(init: PromptInit, base: FrozenModel, kind: PromptKind) -> Promp
     if saved.kind is not kind:
         raise ValueError(
             f"--init from:{folder}: a {saved.kind.cli_name} prompt cannot start a {kind.cli_name} one"
+        )
+    if saved.num_virtual_tokens != virtual_tokens:  # before a teacher is built, not after
+        raise ValueError(
+            f"--init from:{folder}: it has {saved.num_virtual_tokens} virtual tokens, "
+            f"--virtual-tokens is {virtual_tokens}"
         )
     return dataclasses.replace(init, table=table)
 

@@ -152,8 +152,13 @@ def _quantized(
 def _quantize_later(runner: LeanRunner, quantized: Callable[[], lean.LeanModel]) -> None:
     def work() -> None:
         started = time.perf_counter()
-        runner.upgrade(quantized())
-        log.info("int8 weights ready after %.1f s", time.perf_counter() - started)
+        try:
+            model = quantized()
+        except Exception:  # the server goes on with the unquantized weights, and says so
+            log.exception("quantizing the weights failed: serving them unquantized")
+            return
+        runner.upgrade(model)
+        log.info("quantized weights ready after %.1f s", time.perf_counter() - started)
 
     threading.Thread(target=work, name="softserve-quantize", daemon=True).start()
 

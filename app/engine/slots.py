@@ -87,19 +87,24 @@ class SlotCache:
         self, prefix: torch.Tensor | None, key: Hashable = None, prompt: Sequence[int] = ()
     ) -> Admission:
         """Take a free slot for a row starting from the KV prefix [L, 2, Hkv, P, hd] known as
-        `key` (None: nothing to reuse), whose prompt starts with `prompt`: the free slot already
-        holding that prefix and the longest start of `prompt` (its columns are reused as they
-        are); else an empty slot or the one freed longest ago, the prefix copied in. Ties go to
-        the lowest slot (keeps the decode attention's slot range short)."""
+        `key` (None: nothing to reuse), whose prompt starts with `prompt`. In this order: the
+        free slot holding that prefix and the longest start of `prompt`, if that is at least half
+        of what it holds (its columns are reused as they are); else an empty slot, so a long
+        conversation is not cut short for a few shared tokens; else the longest partial match;
+        else the slot freed longest ago, the prefix copied in. Ties go to the lowest slot (keeps
+        the decode attention's slot range short)."""
         if not self._free:
             raise RuntimeError("no free KV slot")
         virtual = 0 if prefix is None else int(prefix.shape[3])
         reuse = {slot: self._common(slot, key, virtual, prompt) for slot in self._free}
-        # Without a match, what an old slot holds is the least likely to be asked for again.
-        slot = max(
-            self._free,
-            key=lambda i: (reuse[i], self._held[i].key is None, -self._held[i].freed, -i),
-        )
+
+        def rank(i: int) -> tuple[bool, int, bool, int, int, int]:
+            held = self._held[i]
+            worth = reuse[i] >= 0 and 2 * reuse[i] >= len(held.tokens)
+            # Without a match, what an old slot holds is the least likely to be asked for again.
+            return (worth, reuse[i] if worth else -1, held.key is None, reuse[i], -held.freed, -i)
+
+        slot = max(self._free, key=rank)
         self._free.remove(slot)
         reused = max(reuse[slot], 0)
         held = self._held[slot]
@@ -119,12 +124,7 @@ class SlotCache:
         held = self._held[slot]
         if key is None or held.key != key or held.virtual != virtual:
             return -1
-        n = 0
-        for a, b in zip(held.tokens, prompt, strict=False):
-            if a != b:
-                break
-            n += 1
-        return n
+        return _common_start(held.tokens, list(prompt))
 
     def release(self, slot: int) -> None:
         # The columns stay: a new owner reuses what matches and its lengths mask out the rest.
@@ -162,3 +162,15 @@ class SlotCache:
             new = old.new_zeros(*old.shape[:3], capacity, old.shape[4])
             new[:, :, :, : old.shape[3]] = old
             setattr(self, name, new)
+
+
+def _common_start(a: list[int], b: list[int], chunk: int = 256) -> int:
+    """Length of the common start of a and b: slices compared in C, one chunk at a time (every
+    free slot is compared at each admission, on the engine thread)."""
+    end = min(len(a), len(b))
+    n = 0
+    while n < end and a[n : n + chunk] == b[n : min(n + chunk, end)]:
+        n = min(n + chunk, end)
+    while n < end and a[n] == b[n]:
+        n += 1
+    return n

@@ -6,7 +6,7 @@ registry entry's table in the same modules in inference mode, so both score thro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -42,7 +42,8 @@ _INITS = {
 class PromptInit:
     kind: InitKind
     text: str | None = None  # TEXT: the text; FROM: the saved prompt's folder
-    table: torch.Tensor | None = None  # FROM: its table [P, width], once read
+    # FROM: its table [P, width], once read (a tensor: kept out of == and repr)
+    table: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def parse(cls, value: str) -> PromptInit:
