@@ -87,24 +87,21 @@ class SlotCache:
         self, prefix: torch.Tensor | None, key: Hashable = None, prompt: Sequence[int] = ()
     ) -> Admission:
         """Take a free slot for a row starting from the KV prefix [L, 2, Hkv, P, hd] known as
-        `key` (None: nothing to reuse), whose prompt starts with `prompt`. In this order: the
-        free slot holding that prefix and the longest start of `prompt`, if that is at least half
-        of what it holds (its columns are reused as they are); else an empty slot, so a long
-        conversation is not cut short for a few shared tokens; else the longest partial match;
-        else the slot freed longest ago, the prefix copied in. Ties go to the lowest slot (keeps
-        the decode attention's slot range short)."""
+        `key` (None: nothing to reuse), whose prompt starts with `prompt`: the free slot already
+        holding that prefix and the longest start of `prompt` (its columns are reused as they
+        are); else an empty slot or the one freed longest ago, the prefix copied in. Ties go to
+        the lowest slot (keeps the decode attention's slot range short)."""
         if not self._free:
             raise RuntimeError("no free KV slot")
         virtual = 0 if prefix is None else int(prefix.shape[3])
         reuse = {slot: self._common(slot, key, virtual, prompt) for slot in self._free}
-
-        def rank(i: int) -> tuple[bool, int, bool, int, int, int]:
-            held = self._held[i]
-            worth = reuse[i] >= 0 and 2 * reuse[i] >= len(held.tokens)
-            # Without a match, what an old slot holds is the least likely to be asked for again.
-            return (worth, reuse[i] if worth else -1, held.key is None, reuse[i], -held.freed, -i)
-
-        slot = max(self._free, key=rank)
+        # Without a match, what an old slot holds is the least likely to be asked for again.
+        # A match, however short, wins over an empty slot: rows stay on few slots (the decode
+        # attention reads slots 0..max), at the price of cutting a long held conversation short.
+        slot = max(
+            self._free,
+            key=lambda i: (reuse[i], self._held[i].key is None, -self._held[i].freed, -i),
+        )
         self._free.remove(slot)
         reused = max(reuse[slot], 0)
         held = self._held[slot]
