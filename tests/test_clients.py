@@ -149,11 +149,11 @@ def test_cached_tokens_count_what_was_read_not_computed(client: openai.OpenAI) -
     assert cached == 0
     # Again: a KV slot still holds every prompt token but the last (computed for the logits).
     assert usage(TINY_MODEL_ID, prompt) == (tokens, tokens - 1)
-    # A soft prompt's positions come from the KV-prefix cache once it has them; counted once per
-    # prompt (not per choice).
-    usage("ptune", "Hi")
-    tokens, cached = usage("ptune", "Hi")
-    assert cached == VIRTUAL["ptune"] + tokens - 1
+    # After a soft prompt too; its virtual positions are not prompt tokens, so never counted
+    # (clients compute prompt_tokens - cached_tokens); once per prompt, not per choice.
+    usage("ptune", "Hi there")
+    tokens, cached = usage("ptune", "Hi there")
+    assert cached == tokens - 1
 
 
 def test_body_errors_say_what_is_wrong(server: LiveServer) -> None:

@@ -123,8 +123,8 @@ class ChatCompletionRequest(SamplingFields):
 
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = Field(
-        description="positions read from a cache, not recomputed: the soft prompt's (KV-prefix "
-        "cache) and leading prompt tokens a KV slot still held from an earlier request"
+        description="leading prompt tokens a KV slot still held from an earlier request (not "
+        "computed again); never more than prompt_tokens"
     )
 
 

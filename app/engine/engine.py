@@ -85,8 +85,9 @@ class _Row:
     generator: torch.Generator
     text: TextStream
     virtual: int  # soft-prompt columns at the start of its slot
-    # Positions read from a cache, not computed: the soft prompt's virtual columns when the
-    # KV-prefix cache had them, plus prompt tokens whose K/V the row's slot still held.
+    # Prompt tokens whose K/V the row's slot still held (not computed). The soft prompt's
+    # columns are not counted: they are not prompt tokens, and OpenAI clients compute
+    # prompt_tokens - cached_tokens.
     cached: int = 0
     prefilled: int = 0  # prompt tokens already in the cache
     last_token: int = -1
@@ -353,7 +354,6 @@ class Engine:
         generator.manual_seed(seed if seed is not None else self._seeds.getrandbits(63))
         soft = request.soft_prompt
         virtual = soft.num_virtual_tokens if soft else 0
-        cached = virtual if soft is not None and soft.key in self.prefixes else 0
         prefix = self.prefixes.get(soft) if soft else None
         # A slot may still hold this prompt's first tokens (after the same soft prompt) from an
         # earlier row: those are not computed again. At least the last token is, for the logits
@@ -367,7 +367,7 @@ class Engine:
             generator=generator,
             text=TextStream(self.base.tokenizer, request.sampling.stop),
             virtual=virtual,
-            cached=cached + admission.reused,
+            cached=admission.reused,
             prefilled=admission.reused,
             matcher=request.sampling.constraint.matcher() if request.sampling.constraint else None,
         )

@@ -83,7 +83,7 @@ class RequestOutput:
     completion_tokens: int  # so far
     # In the row's first output, when asked for: one per prompt token, None for the first.
     prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
-    cached_tokens: int = 0  # positions read from a cache, not computed (soft prompt + prompt)
+    cached_tokens: int = 0  # prompt tokens read from a KV slot, not computed (<= the prompt's)
 
 
 @dataclass(frozen=True)
