@@ -8,7 +8,8 @@
 # 3. eval.py compares soft prompt / long prompt / bare model on held-out questions (forms and
 #    topics the training never saw).
 # Usage: bash examples/personas/train.sh   (on 2 CPU cores ~15 min of teacher sampling a persona,
-# then 30-50 min of KL training; OBJECTIVE=ce PERSONAS=terse-expert for the shipped terse-expert)
+# then 30-50 min of KL training; OBJECTIVE=ce PERSONAS=terse-expert for the shipped terse-expert,
+# QUESTIONS=500 STEPS=200 PERSONAS=pirate for the shipped pirate: README, "Personas")
 set -euo pipefail
 here=$(dirname "$0")
 out=${OUT:-runs/personas}
