@@ -121,7 +121,8 @@ class _Batch:
     decode_slots: torch.Tensor  # [Bd]
     decode_dense: bool  # the decode rows are slots 0..Bd-1 in order: no scatter or gather
     decode_width: int  # columns the decode attention reads (max length among them)
-    decode_mask: torch.Tensor | None  # [M, 1, 1, W] bool over slots 0..M-1
+    decode_span: int  # M: the decode attention runs over slots 0..M-1
+    decode_mask: torch.Tensor | None  # [M, 1, 1, W] bool; None where every column is valid
     # (segment, offset of its first token in N, its causal mask [G*t, end] for the group's heads)
     prefill: tuple[tuple[Segment, int, torch.Tensor], ...]
     emit_index: torch.Tensor  # [R] token index whose logits are returned (then: scored tokens)
@@ -150,13 +151,15 @@ def _plan(segments: list[Segment], lengths: list[int], group: int, device: torch
         if seg.emit:
             emit.append(offset - 1)
     mask = None
-    width = 0
+    width = rows = 0
     if decode:
         rows = max(s.slot for s in decode) + 1
         width = max(s.start + 1 for s in decode)
-        cols = torch.arange(width, device=device)
-        lens = torch.tensor([max(lengths[i], 1) for i in range(rows)], device=device)
-        mask = (cols[None, :] < lens[:, None])[:, None, None, :]  # [M, 1, 1, W]
+        filled = [max(lengths[i], 1) for i in range(rows)]
+        if min(filled) < width:  # else (a single stream, say) no mask: SDPA's cheaper path
+            cols = torch.arange(width, device=device)
+            lens = torch.tensor(filled, device=device)
+            mask = (cols[None, :] < lens[:, None])[:, None, None, :]  # [M, 1, 1, W]
     return _Batch(
         slots=torch.tensor(slots, dtype=torch.long, device=device),
         positions=torch.tensor(positions, dtype=torch.long, device=device),
@@ -164,6 +167,7 @@ def _plan(segments: list[Segment], lengths: list[int], group: int, device: torch
         decode_slots=torch.tensor([s.slot for s in decode], dtype=torch.long, device=device),
         decode_dense=[s.slot for s in decode] == list(range(len(decode))),
         decode_width=width,
+        decode_span=rows,
         decode_mask=mask,
         prefill=tuple(
             (seg, offset, _causal(seg, group, device))
@@ -192,8 +196,7 @@ def _attention(
     group = hq // hkv
     scale = 1.0 / math.sqrt(hd)
     if batch.decode_rows:
-        assert batch.decode_mask is not None
-        rows, width = batch.decode_mask.shape[0], batch.decode_width
+        rows, width = batch.decode_span, batch.decode_width
         # Queries laid out by slot so K/V are plain views of slots 0..M-1 (no gather); the
         # group's heads act as query rows (GQA without repeating K/V). A slot that does not
         # decode this step gets a zero query whose output is thrown away.
