@@ -6,6 +6,7 @@ requests all on one soft prompt; same prompt and output lengths, EOS ignored, KV
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -37,7 +38,7 @@ def workload(
 ) -> Callable[[], float]:
     """A run of `n` requests, request i on soft prompt i % tasks; returns seconds to finish all.
     Every run sends new prompts (a KV slot still holding one would be reused, not prefilled)."""
-    runs = iter(range(1, 1 << 30))
+    runs = itertools.count(1)  # a new seed per run
     params = SamplingParams(max_tokens=out, temperature=0.0, ignore_eos=True)
     engine = Engine(base, replace(config, max_batch_size=32))
 

@@ -7,6 +7,7 @@ request's prefix recomputed).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -38,7 +39,7 @@ def prefill(
 ) -> Callable[[], float]:
     """One engine step that admits and prefills the whole batch (max_tokens=1 ends it there).
     Every run sends new prompts: a KV slot still holding a prompt would be reused, not prefilled."""
-    runs = iter(range(2, 1 << 30))
+    runs = itertools.count(2)  # a new seed per run
     params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
     # The whole batch in one step: the prefill budget is lifted to all of its tokens.
     whole = replace(

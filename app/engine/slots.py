@@ -94,7 +94,8 @@ class SlotCache:
         if not self._free:
             raise RuntimeError("no free KV slot")
         virtual = 0 if prefix is None else int(prefix.shape[3])
-        reuse = {slot: self._common(slot, key, virtual, prompt) for slot in self._free}
+        tokens = list(prompt)  # once: compared with every free slot's held tokens
+        reuse = {slot: self._common(slot, key, virtual, tokens) for slot in self._free}
         # Without a match, what an old slot holds is the least likely to be asked for again.
         # A match, however short, wins over an empty slot: rows stay on few slots (the decode
         # attention reads slots 0..max), at the price of cutting a long held conversation short.
@@ -115,13 +116,13 @@ class SlotCache:
         self.lengths[slot] = virtual + reused
         return Admission(slot, reused)
 
-    def _common(self, slot: int, key: Hashable, virtual: int, prompt: Sequence[int]) -> int:
+    def _common(self, slot: int, key: Hashable, virtual: int, prompt: list[int]) -> int:
         """How many leading tokens of `prompt` slot's columns hold after the same prefix; -1 if
         it holds another prefix (or nothing known)."""
         held = self._held[slot]
         if key is None or held.key != key or held.virtual != virtual:
             return -1
-        return _common_start(held.tokens, list(prompt))
+        return _common_start(held.tokens, prompt)
 
     def release(self, slot: int) -> None:
         # The columns stay: a new owner reuses what matches and its lengths mask out the rest.
