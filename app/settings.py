@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         description="steps of at most this many tokens use weight-only int8 kernels; larger ones "
         "bf16 (int8) or int8 activations too (w8a8)",
     )
+    native_decode: bool = Field(
+        True,
+        description="a lone stream's decode step in Softserve's C kernel where the CPU has "
+        "AVX-512 VNNI and a C compiler is at hand (int8 weights); off: torch's kernels",
+    )
     backend: Literal["auto", "lean", "hf"] = Field(
         "auto", description="lean: Softserve's Llama-family forward; hf: the model's own"
     )

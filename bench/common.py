@@ -38,6 +38,12 @@ def base_args(description: str | None) -> argparse.ArgumentParser:
         "--quantize", default=defaults.quantize.value, choices=[q.value for q in Quantize]
     )
     parser.add_argument("--backend", default=defaults.backend, choices=[b.value for b in Backend])
+    parser.add_argument(
+        "--native-decode",
+        default="on" if defaults.native_decode else "off",
+        choices=["on", "off"],
+        help="a lone stream's decode step in the C kernel (README: Native decode)",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller workload (smoke run)")
     return parser
 
@@ -51,7 +57,12 @@ def load(args: argparse.Namespace) -> FrozenModel:
 def engine_config(args: argparse.Namespace, **overrides: Any) -> EngineConfig:
     """The engine as `softserve serve` builds it from the same settings (int8 quantized before
     timing starts, not in the background)."""
-    settings = Settings(dtype=args.dtype, quantize=args.quantize, backend=args.backend)
+    settings = Settings(
+        dtype=args.dtype,
+        quantize=args.quantize,
+        backend=args.backend,
+        native_decode=args.native_decode == "on",
+    )
     return replace(serve_engine_config(settings, quantize_in_background=False), **overrides)
 
 
@@ -67,6 +78,7 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "quantize": args.quantize,
         "backend": args.backend,
+        "native_decode": args.native_decode,
         "model": args.model,
     }
 

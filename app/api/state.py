@@ -55,6 +55,7 @@ def engine_config(settings: Settings, *, quantize_in_background: bool) -> Engine
         int8_max_tokens=settings.int8_max_tokens,
         prefill_chunk=settings.prefill_chunk,
         quantize_in_background=quantize_in_background,
+        native_dir=settings.cache_dir / "native" if settings.native_decode else None,
     )
 
 

@@ -29,6 +29,13 @@ def _add_serve(sub: Any) -> None:
         "--quantize", help="auto (default: w8a8 with bfloat16 on a CPU), none, int8, w8a8"
     )
     p.add_argument("--backend", help="auto (default), lean or hf")
+    p.add_argument(
+        "--native-decode",
+        dest="native_decode",
+        action=argparse.BooleanOptionalAction,
+        help="a lone stream's decode step in the C kernel (default on where the CPU has "
+        "AVX-512 VNNI and a C compiler is at hand)",
+    )
     p.add_argument("--prefill-chunk", type=int, dest="prefill_chunk")
     p.add_argument("--max-batch-size", type=int, dest="max_batch_size")
     p.add_argument("--log-level", dest="log_level")
@@ -58,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
             "dtype",
             "quantize",
             "backend",
+            "native_decode",
             "prefill_chunk",
             "max_batch_size",
             "log_level",

@@ -14,12 +14,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from pathlib import Path
 
 import torch
 
-from app.engine import lean, w8a8, weights
+from app.engine import lean, native, w8a8, weights
 from app.engine.constraint import TokenMatcher, apply_masks
 from app.engine.lean import LeanUnsupported, Segment
 from app.engine.prefix import PrefixCache
@@ -66,6 +67,8 @@ class EngineConfig:
     prefill_chunk: int = 256
     # Quantize on a background thread and serve bf16 meanwhile (a server starts ~2 s sooner).
     quantize_in_background: bool = False
+    # Where the native single-row decode kernel is built (README "Native decode"); None: torch's.
+    native_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def make_runner(base: FrozenModel, config: EngineConfig, max_context: int) -> Ru
                 base.config, base.weights.tensors(), dtype=base.dtype, max_positions=max_context
             )
             mode = _quantize_mode(config.quantize, base)
-            quantized = functools.partial(_quantized, base, model, mode, config.int8_max_tokens)
+            quantized = functools.partial(_quantized, base, model, mode, config)
             if mode is not Quantize.NONE:
                 weights.require_int8_dtype(model.dtype)  # a bad setting fails at start-up
             if mode is not Quantize.NONE and not config.quantize_in_background:
@@ -141,13 +144,14 @@ def _quantize_mode(setting: Quantize, base: FrozenModel) -> Quantize:
 
 
 def _quantized(
-    base: FrozenModel, model: lean.LeanModel, mode: Quantize, int8_max_tokens: int
+    base: FrozenModel, model: lean.LeanModel, mode: Quantize, config: EngineConfig
 ) -> lean.LeanModel:
-    int8 = weights.quantize_int8(model, int8_max_tokens)
-    if mode is not Quantize.W8A8 or int8.layers[0].qkv.weight is None:  # no larger steps
-        return int8
-    ids = base.tokenizer(w8a8.CALIBRATION, add_special_tokens=False)["input_ids"]
-    return w8a8.quantize(int8, ids, int8_max_tokens)
+    quantized = weights.quantize_int8(model, config.int8_max_tokens)
+    if mode is Quantize.W8A8 and quantized.layers[0].qkv.weight is not None:  # larger steps too
+        ids = base.tokenizer(w8a8.CALIBRATION, add_special_tokens=False)["input_ids"]
+        quantized = w8a8.quantize(quantized, ids, config.int8_max_tokens)
+    single = None if config.native_dir is None else native.build(quantized, config.native_dir)
+    return quantized if single is None else replace(quantized, single=single)
 
 
 def _quantize_later(runner: LeanRunner, quantized: Callable[[], lean.LeanModel]) -> None:

@@ -31,6 +31,15 @@ class LargeLinear(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...  # [N, in] -> [N, out], no bias
 
 
+class SingleDecode(Protocol):
+    """A kernel for a step that is one decode token alone (`app.engine.native`): K/V written to
+    column `pos` of `slot` in the cache `k`/`v` [L, slots, Hkv, cap, hd]; logits [1, V] float32."""
+
+    def decode(
+        self, token: int, pos: int, k: torch.Tensor, v: torch.Tensor, slot: int
+    ) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True, eq=False)
 class Linear:
     """One projection. `weight` [out, in] in the compute dtype; with int8, `qweight` [out, in]
@@ -80,6 +89,7 @@ class LeanModel:
     head_dim: int
     dtype: torch.dtype
     int8_max_tokens: int  # steps of at most this many tokens use the weight-only int8 kernels
+    single: SingleDecode | None = None  # runs a step of one decode token alone, where set
 
 
 @dataclass(frozen=True)
@@ -245,7 +255,13 @@ def forward(
     segment with `score`, in the same segment order (see `scored_order`)."""
     device = lean.embed.device
     group = lean.num_heads // lean.num_kv_heads
-    batch = _plan(segments, cache.advance(segments), group, device)
+    lengths = cache.advance(segments)
+    if lean.single is not None and embeds is None and len(segments) == 1:
+        seg = segments[0]
+        if _is_decode(seg) and seg.emit and not seg.score:
+            # A lone stream's step: ~1,000 tiny ops that cost more in dispatch than in work.
+            return lean.single.decode(seg.tokens[0], seg.start, cache.k, cache.v, seg.slot)
+    batch = _plan(segments, lengths, group, device)
     ids = batch.ids
     small = ids.shape[0] <= lean.int8_max_tokens
     hq, hkv, hd = lean.num_heads, lean.num_kv_heads, lean.head_dim
