@@ -117,6 +117,7 @@ def build(model: LeanModel, folder: Path) -> NativeDecode | None:
     if reason is not None:
         log.info("native decode off: %s", reason)
         return None
+    log.info("native decode on: a lone stream's steps run %s", SOURCE.name)
     function.restype = ctypes.c_int
     function.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
     layers = (_Layer * len(model.layers))(
