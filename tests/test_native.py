@@ -226,3 +226,17 @@ def test_a_broken_compiler_leaves_no_library(tiny: FrozenModel, tmp_path: Path) 
         mp.setenv("CC", str(fake))
         assert native.build(runner.model, tmp_path / "lib") is None
     assert list((tmp_path / "lib").glob("*")) == []
+
+
+@needs_cpu
+def test_out_of_range_is_refused_not_read(tiny: FrozenModel, tmp_path: Path) -> None:
+    """The C code reads through raw pointers: a bad token, slot or position is refused first."""
+    runner = _runner(_bf16(tiny), tmp_path, Quantize.INT8)
+    single = runner.model.single
+    assert single is not None
+    k, v = runner.cache.k, runner.cache.v
+    vocab, slots, capacity = runner.model.embed.shape[0], k.shape[1], k.shape[3]
+    for token, pos, slot in ((vocab, 1, 0), (-1, 1, 0), (5, capacity, 0), (5, 1, slots)):
+        with pytest.raises(IndexError):
+            single.decode(token, pos, k, v, slot)
+    assert single.decode(5, 1, k, v, 0).shape == (1, vocab)

@@ -88,6 +88,11 @@ class NativeDecode:
         `k`/`v` [L, slots, Hkv, cap, hd], attention over columns 0..pos. -> [1, V] float32."""
         lean = self.model
         assert k.is_contiguous() and v.is_contiguous() and k.shape == v.shape
+        # The C code trusts its pointers: what torch's indexing would check, checked here.
+        if not (0 <= token < lean.embed.shape[0] and 0 <= slot < k.shape[1]):
+            raise IndexError(f"token {token} or slot {slot} out of range")
+        if not 0 <= pos < min(k.shape[3], lean.cos.shape[0]):
+            raise IndexError(f"position {pos} past the cache or the rotary table")
         logits = torch.empty(1, lean.embed.shape[0], dtype=torch.float32)
         row, rope = lean.embed.stride(0) * 2, lean.cos.stride(0) * 2  # bytes per row (bf16)
         status = self.function(
