@@ -7,7 +7,7 @@ torch kernels. The C source is compiled once per source, flags and compiler into
 cache: written to a temporary name, then renamed, so a half-written library is never loaded), and
 loaded with ctypes, which drops the GIL for the call. `NativeDecode.decode` computes what
 `lean.forward` computes for one decode segment, within the error of quantizing each linear's
-input to int8 in blocks of 64 (as llama.cpp's Q8_0 activations): logits [1, V] float32.
+input to int8 in blocks of 32 (as llama.cpp's Q8_0 activations): logits [1, V] float32.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ log = logging.getLogger("softserve.engine")
 SOURCE = Path(__file__).with_name("decode.c")
 FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-fopenmp")
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
-BLOCK = 64  # the C code's quantization block along a linear's input
+BLOCK = 64  # a linear's input size must be a multiple of this (one AVX-512 register of int8)
+SCALE_BLOCK = 32  # values of a linear's input per int8 scale (as llama.cpp's Q8_0)
 
 
 class _Q8(ctypes.Structure):
