@@ -66,7 +66,7 @@ SETTINGS = [
     Setting("bfloat16 + int8 (steps <= 8 tokens)", DType.BFLOAT16, Quantize.INT8, 8),
     Setting("w8a8 (int8 <= 8 tokens, int8 activations above)", DType.BFLOAT16, Quantize.W8A8, 8),
     # The default: as w8a8, and a lone stream's decode steps in the native kernel (int8 inputs
-    # in blocks of 64); its greedy answers are generated one row at a time, so it runs there.
+    # in blocks of 32); its greedy answers are generated one row at a time, so it runs there.
     Setting("w8a8 + native decode (default)", DType.BFLOAT16, Quantize.W8A8, 8, native=True),
     Setting("int8 everywhere", DType.BFLOAT16, Quantize.INT8),
     Setting("int8 activations everywhere", DType.BFLOAT16, Quantize.W8A8, 0),
