@@ -89,6 +89,7 @@ class NativeDecode:
         `k`/`v` [L, slots, Hkv, cap, hd], attention over columns 0..pos. -> [1, V] float32."""
         lean = self.model
         assert k.is_contiguous() and v.is_contiguous() and k.shape == v.shape
+        assert k.dtype == v.dtype == torch.bfloat16
         # The C code trusts its pointers: what torch's indexing would check, checked here.
         if not (0 <= token < lean.embed.shape[0] and 0 <= slot < k.shape[1]):
             raise IndexError(f"token {token} or slot {slot} out of range")
@@ -170,6 +171,10 @@ def _unsupported(model: LeanModel) -> str | None:
         return cpu
     if model.embed.device.type != "cpu" or model.dtype != torch.bfloat16:
         return f"{model.dtype} weights on {model.embed.device.type} (it needs bfloat16 on a CPU)"
+    if not all(t.is_contiguous() for t in (model.embed, model.cos, model.sin)):
+        return "embedding or rotary tables not contiguous"
+    if model.cos.dtype != torch.bfloat16 or model.sin.dtype != torch.bfloat16:
+        return "rotary tables not in bfloat16"
     linears = [model.lm_head] + [
         lin for layer in model.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)
     ]
