@@ -5,8 +5,10 @@ cache in place.
 
 Contract: for float32 weights the logits equal the HF model's within 1e-4 (same operations in the
 same order: RMSNorm in float32, rotary tables computed as the model's rotary module does, softmax
-attention over exactly the row's own columns). A row's result never depends on the other rows: linear layers
-treat every token alone, and attention reads only the row's own slot.
+attention over exactly the row's own columns). A row's result never depends on the other rows'
+values: linear layers treat every token alone, and attention reads only the row's own slot. With
+int8 weights the kernels depend on the step's size: weight-only int8 (or, for a decode token
+alone, `LeanModel.single`, the native kernel) for small steps, bf16 or int8 activations above.
 """
 
 from __future__ import annotations
