@@ -16,7 +16,7 @@ from app.engine.runner import HFRunner, LeanRunner
 from app.model import FrozenModel, Quantize
 from app.model.loader import freeze
 from tests.conftest import run_to_completion, tokens_of
-from tests.tiny import TINY_MODEL_ID
+from tests.tiny import TINY_MODEL_ID, in_dtype
 
 PROMPTS = [
     "What is the capital of France?",
@@ -29,13 +29,6 @@ PROMPTS = [
     "What is",
 ]
 NEW_TOKENS = 10
-
-
-def _in_dtype(tiny: FrozenModel, dtype: torch.dtype) -> FrozenModel:
-    model = copy.deepcopy(tiny.model).to(dtype)
-    # As `from_pretrained(dtype=...)` loads a model: its rotary frequencies stay float32.
-    model.model.rotary_emb.inv_freq = tiny.model.model.rotary_emb.inv_freq.clone()
-    return freeze(model, tiny.tokenizer, TINY_MODEL_ID, tiny.device)
 
 
 def _greedy(base: FrozenModel, config: EngineConfig) -> dict[str, list[int]]:
@@ -63,7 +56,7 @@ def test_bf16_agrees_with_hf_bf16(tiny: FrozenModel) -> None:
     operation order may flip a near-tie, and a flip costs the rest of its row: here one row of
     eight parts at its 4th token, where HF's bf16 logits tie exactly (fp32: margin 0.08), which
     leaves 0.91. On this tiny random model fp32 vs HF bf16 is 0.84."""
-    base = _in_dtype(tiny, torch.bfloat16)
+    base = in_dtype(tiny, torch.bfloat16)
     hf = _greedy(base, EngineConfig(backend=Backend.HF))
     assert _agreement(hf, _greedy(base, EngineConfig(backend=Backend.LEAN))) >= 0.9
 
@@ -80,7 +73,7 @@ def test_quantized_agreement_with_fp32(
     within 0.2 of what bf16 alone keeps (the real model's figures are in the README: there int8
     activations cost more than int8 weights alone)."""
     reference = _greedy(tiny, EngineConfig(backend=Backend.HF))
-    base = _in_dtype(tiny, torch.bfloat16)
+    base = in_dtype(tiny, torch.bfloat16)
     bf16 = _agreement(reference, _greedy(base, EngineConfig(backend=Backend.HF)))
     config = EngineConfig(quantize=quantize, int8_max_tokens=int8_max_tokens)
     assert _agreement(reference, _greedy(base, config)) >= bf16 - 0.2
@@ -88,7 +81,7 @@ def test_quantized_agreement_with_fp32(
 
 def test_int8_weights_are_used(tiny: FrozenModel) -> None:
     """Not a silent bf16 run: int8 logits differ from bf16 ones, and only in int8 steps."""
-    base = _in_dtype(tiny, torch.bfloat16)
+    base = in_dtype(tiny, torch.bfloat16)
     int8 = Engine(base, EngineConfig(quantize=Quantize.INT8, int8_max_tokens=4)).runner
     assert isinstance(int8, LeanRunner)
     layer = int8.model.layers[0]
@@ -109,7 +102,7 @@ def test_int8_needs_bf16(tiny: FrozenModel) -> None:
 def test_w8a8_kernels_serve_the_larger_steps(tiny: FrozenModel) -> None:
     """int8 activations in steps of more than int8_max_tokens tokens, weight-only int8 at or
     below; the bf16 weights are not kept; each linear's output stays close to bf16's."""
-    base = _in_dtype(tiny, torch.bfloat16)
+    base = in_dtype(tiny, torch.bfloat16)
     runner = Engine(base, EngineConfig(quantize=Quantize.W8A8, int8_max_tokens=4)).runner
     assert isinstance(runner, LeanRunner)
     qkv = runner.model.layers[0].qkv
@@ -127,7 +120,7 @@ def test_w8a8_kernels_serve_the_larger_steps(tiny: FrozenModel) -> None:
 def test_w8a8_rows_do_not_depend_on_each_other(tiny: FrozenModel) -> None:
     """One activation scale per token: a row's int8 inputs, hence its output, are the same
     whatever else shares the step."""
-    base = _in_dtype(tiny, torch.bfloat16)
+    base = in_dtype(tiny, torch.bfloat16)
     runner = Engine(base, EngineConfig(quantize=Quantize.W8A8, int8_max_tokens=0)).runner
     assert isinstance(runner, LeanRunner)
     down = runner.model.layers[1].down
@@ -170,7 +163,7 @@ def test_slots_are_reused_and_cache_grows(tiny: FrozenModel) -> None:
 
 def test_background_quantization_upgrades_between_steps(tiny: FrozenModel) -> None:
     """The server answers with bf16 weights at once; int8 ones take over at a step boundary."""
-    base = _in_dtype(tiny, torch.bfloat16)
+    base = in_dtype(tiny, torch.bfloat16)
     config = EngineConfig(quantize=Quantize.INT8, int8_max_tokens=4, quantize_in_background=True)
     engine = Engine(base, config)
     runner = engine.runner

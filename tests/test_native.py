@@ -4,7 +4,6 @@ the torch kernels kept) where it cannot run."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import statistics
 from dataclasses import replace
@@ -16,18 +15,11 @@ import torch
 from app.engine import Engine, EngineConfig, GenerationRequest, SamplingParams, lean, native
 from app.engine.runner import LeanRunner
 from app.model import FrozenModel, Quantize
-from app.model.loader import freeze
 from tests.conftest import run_to_completion, tokens_of
-from tests.tiny import TINY_MODEL_ID
+from tests.tiny import in_dtype
 
 CPU_REASON = native.cpu_unsupported()
 needs_cpu = pytest.mark.skipif(CPU_REASON is not None, reason=f"native decode: {CPU_REASON}")
-
-
-def _bf16(tiny: FrozenModel) -> FrozenModel:
-    model = copy.deepcopy(tiny.model).to(torch.bfloat16)
-    model.model.rotary_emb.inv_freq = tiny.model.model.rotary_emb.inv_freq.clone()
-    return freeze(model, tiny.tokenizer, TINY_MODEL_ID, tiny.device)
 
 
 def _runner(base: FrozenModel, folder: Path | None, quantize: Quantize) -> LeanRunner:
@@ -118,7 +110,7 @@ def test_decode_is_its_stated_math(tiny: FrozenModel, tmp_path: Path, quantize: 
     rounding edge the random tiny model amplifies the flip through the later layers)."""
     errors = [
         float((got - reference).norm() / reference.norm())
-        for got, _, reference in _positions(_bf16(tiny), tmp_path, quantize)
+        for got, _, reference in _positions(in_dtype(tiny, torch.bfloat16), tmp_path, quantize)
     ]
     assert max(errors) < 0.03
     assert statistics.median(errors) < 1e-5
@@ -129,7 +121,7 @@ def test_decode_stays_close_to_the_torch_kernels(tiny: FrozenModel, tmp_path: Pa
     """Stated tolerance against torch's int8 kernels (bf16 inputs): logits within 10% (relative
     L2) and the same top-1 token at >= 80% of positions, K/V written within 10% (on the real
     model the cost is measured by bench/precision: README "Native decode")."""
-    results = list(_positions(_bf16(tiny), tmp_path, Quantize.W8A8))
+    results = list(_positions(in_dtype(tiny, torch.bfloat16), tmp_path, Quantize.W8A8))
     assert all((got - want).norm() / want.norm() < 0.1 for got, want, _ in results)
     same = sum(int(got.argmax() == want.argmax()) for got, want, _ in results)
     assert same >= 0.8 * len(results)
@@ -139,7 +131,7 @@ def test_decode_stays_close_to_the_torch_kernels(tiny: FrozenModel, tmp_path: Pa
 def test_engine_uses_it_for_lone_rows_only(tiny: FrozenModel, tmp_path: Path) -> None:
     """Every decode step of a row running alone goes through the native kernel, and the engine
     samples from its logits (greedy: their argmax); rows decoding side by side never do."""
-    base = _bf16(tiny)
+    base = in_dtype(tiny, torch.bfloat16)
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     prompts = ["What is the capital of France?", "Hello world!", "Review: a great film."]
     requests = [
@@ -182,7 +174,7 @@ def test_refused_where_it_cannot_run(
 ) -> None:
     """No int8 weights (a bf16 run), or no compiler: the torch kernels serve, and the log says
     why; nothing half-built is left in the folder."""
-    base = _bf16(tiny)
+    base = in_dtype(tiny, torch.bfloat16)
     caplog.set_level(logging.INFO, logger="softserve.engine")
     runner = _runner(base, tmp_path, Quantize.NONE)  # no quantization: native never asked
     assert runner.model.single is None
@@ -201,7 +193,7 @@ def test_refused_where_it_cannot_run(
 @needs_cpu
 def test_a_broken_compiler_leaves_no_library(tiny: FrozenModel, tmp_path: Path) -> None:
     """A compiler that fails: build says no, and no file (partial or not) is left to load."""
-    base = _bf16(tiny)
+    base = in_dtype(tiny, torch.bfloat16)
     runner = Engine(base, EngineConfig(quantize=Quantize.INT8)).runner
     assert isinstance(runner, LeanRunner)
     fake = tmp_path / "cc"
@@ -216,7 +208,7 @@ def test_a_broken_compiler_leaves_no_library(tiny: FrozenModel, tmp_path: Path) 
 @needs_cpu
 def test_out_of_range_is_refused_not_read(tiny: FrozenModel, tmp_path: Path) -> None:
     """The C code reads through raw pointers: a bad token, slot or position is refused first."""
-    runner = _runner(_bf16(tiny), tmp_path, Quantize.INT8)
+    runner = _runner(in_dtype(tiny, torch.bfloat16), tmp_path, Quantize.INT8)
     single = runner.model.single
     assert single is not None
     k, v = runner.cache.k, runner.cache.v

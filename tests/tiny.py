@@ -3,6 +3,7 @@ built in-process: no files from outside, a few MB of memory, milliseconds per st
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -71,6 +72,14 @@ def tiny_base(seed: int = 0) -> FrozenModel:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_config(tokenizer)).to(torch.float32)
     return freeze(model, tokenizer, TINY_MODEL_ID, torch.device("cpu"))
+
+
+def in_dtype(base: FrozenModel, dtype: torch.dtype) -> FrozenModel:
+    """A copy of the model in `dtype`, as `from_pretrained(dtype=...)` loads one: its rotary
+    frequencies stay float32."""
+    model = copy.deepcopy(base.model).to(dtype)
+    model.model.rotary_emb.inv_freq = base.model.model.rotary_emb.inv_freq.clone()
+    return freeze(model, base.tokenizer, TINY_MODEL_ID, base.device)
 
 
 def save_tiny(base: FrozenModel, folder: Path) -> Path:
