@@ -13,7 +13,7 @@ from app.model import FrozenModel, PromptKind
 from app.render import ChatMessage, chat_ids
 from app.train.data import ChatExample
 from app.train.encode import collate, encode_chat
-from app.train.persona import Check, load_persona, on_topic
+from app.train.persona import Check, Fact, load_facts, load_persona, on_topic
 from app.train.questions import EVAL_FORMS, TRAIN_FORMS, generate, split_topics
 from app.train.scoring import target_logits
 from app.train.teacher import build_teacher, teacher_logits
@@ -125,6 +125,39 @@ def test_checks_on_fixed_strings() -> None:
         Check.from_json({"rule": "terse", "max_word": 3})
     assert on_topic("Volcanoes erupt.", "volcanoes") and on_topic("A volcano.", "volcanoes")
     assert on_topic("Gardens grow.", "gardening") and not on_topic("Paris.", "gardening")
+
+
+def test_facts_match_whole_words_in_any_voice_and_bad_files_are_refused(tmp_path: Path) -> None:
+    paris, four = Fact("Capital of France?", ("paris",)), Fact("2 + 2?", ("4", "four"))
+    assert paris.answered_by("Arr, matey: the capital o' France be PARIS, arr!")
+    assert not paris.answered_by("It is a Parisian city.") and not paris.answered_by("")
+    assert four.answered_by("Two and two make four.") and four.answered_by("2 + 2 = 4")
+    assert not four.answered_by("It is 44.") and not four.answered_by("fourteen")
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"question": " Capital of France? ", "answers": ["Paris"]}\n\n')
+    assert load_facts(facts) == (Fact("Capital of France?", ("paris",)),)
+    for bad in (
+        '{"question": "Q?", "answers": []}',
+        '{"question": "Q?", "answers": ["?!"]}',
+        '{"question": "Q?", "answers": [4]}',
+        '{"question": "", "answers": ["a"]}',
+        '{"question": "Q?"}',
+        "not json",
+    ):
+        facts.write_text('{"question": "Fine?", "answers": ["yes"]}\n' + bad + "\n")
+        with pytest.raises(ValueError, match=r"facts\.jsonl:2"):
+            load_facts(facts)
+    facts.write_text('{"question": "Q?", "answers": ["a"]}\n' * 2)
+    with pytest.raises(ValueError, match="twice"):
+        load_facts(facts)
+
+
+def test_shipped_facts_are_never_asked_in_training() -> None:
+    """The facts measure correctness on questions the distillation data never holds."""
+    facts = load_facts(Path(__file__).parent.parent / "examples" / "personas" / "facts.jsonl")
+    assert len(facts) >= 30
+    asked = {q.text.lower() for q in generate(3000, seed=0).train}
+    assert not asked & {f.question.lower() for f in facts}
 
 
 def test_shipped_personas_load_and_their_shots_pass_their_checks() -> None:

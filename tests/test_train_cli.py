@@ -268,10 +268,16 @@ def test_persona_from_distill_to_train_to_eval(
     args = ["eval", "--persona", str(persona), "--prompt", "yes", "--prompts", str(prompts)]
     out_json = tmp_path / "p.json"
     args += ["--data", str(held), "--max-new-tokens", "6", "--json", str(out_json)]
-    assert main([*args, "--record", *model]) == 0
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(
+        '{"question": "Is it?", "answers": ["yes"]}\n{"question": "2+2?", "answers": ["4"]}\n'
+    )
+    assert main([*args, "--record", "--facts", str(facts), *model]) == 0
     table = capsys.readouterr().out
-    assert "| soft prompt |" in table and "| bare model |" in table
-    subjects = {s["subject"]: s for s in json.loads(out_json.read_text())["subjects"]}
+    assert "| soft prompt |" in table and "| bare model |" in table and "| correct |" in table
+    figures = json.loads(out_json.read_text())
+    subjects = {s["subject"]: s for s in figures["subjects"]}
+    assert figures["facts"] == 2 and all(s["correct"] in (0, 0.5, 1) for s in subjects.values())
     teacher = subjects["system prompt + example dialogues (the teacher)"]
     assert teacher["top1_agreement"] == 1.0 and abs(teacher["mean_kl"]) < 1e-4
     assert subjects["soft prompt"]["virtual_tokens"] == 20
@@ -280,6 +286,7 @@ def test_persona_from_distill_to_train_to_eval(
     assert recorded["evaluation"]["questions"] == 6 and recorded["training"]["objective"] == "kl"
     assert (prompts / "yes" / "loss.png").is_file()
     assert main(["eval", "--persona", str(persona), "--none", "--data", str(held), *model]) == 2
+    assert main(["eval", "--none", "--data", str(held), "--facts", str(facts), *model]) == 2
 
 
 def test_training_goes_on_from_a_saved_prompt(

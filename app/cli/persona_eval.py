@@ -8,7 +8,9 @@ saw), greedy answers of at most `--max-new-tokens` tokens from each subject:
 - agreement with the teacher (system prompt + example dialogues): next-token top-1 agreement and
   mean KL along the teacher's own greedy answers;
 - prompt tokens per request (what each request makes the model read; a soft prompt's virtual
-  tokens are listed beside it).
+  tokens are listed beside it);
+- with `--facts FILE`: correct, the share of questions with a known short answer (held out from
+  training too: the generator never asks them) whose greedy answer names it, in any voice.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from app.registry.store import Registry, read_prompt_folder
 from app.render import ChatMessage, chat_ids
 from app.train.agreement import agreement
 from app.train.data import ChatExample
-from app.train.persona import Persona, load_persona, on_topic
+from app.train.persona import Fact, Persona, load_facts, load_persona, on_topic
 from app.train.save import LOSS_PLOT
 from app.train.teacher import Teacher, build_teacher
 
@@ -50,6 +52,7 @@ class SubjectFigures:
     mean_kl: float
     prompt_tokens: float
     virtual_tokens: int
+    correct: float | None  # None without --facts
     samples: tuple[str, ...]  # the first answers, to read
 
 
@@ -79,6 +82,25 @@ def _soft_prompt(prompts: Path, task: str, base: FrozenModel) -> SoftPrompt:
     return entry.soft_prompt
 
 
+def _reads(
+    base: FrozenModel, subject: Teacher | SoftPrompt | None, questions: list[str]
+) -> list[Reading]:
+    asked = [(ChatMessage("user", q),) for q in questions]
+    if isinstance(subject, SoftPrompt):
+        return [Reading(chat_ids(base.tokenizer, m), subject) for m in asked]
+    return teacher_reads(base, subject, asked)
+
+
+def _correct(
+    base: FrozenModel, subject: Teacher | SoftPrompt | None, facts: tuple[Fact, ...], tokens: int
+) -> float | None:
+    if not facts:
+        return None
+    reads = _reads(base, subject, [f.question for f in facts])
+    answers = answer_all(base, reads, SamplingParams(max_tokens=tokens, temperature=0.0))
+    return sum(f.answered_by(a.text) for f, a in zip(facts, answers, strict=True)) / len(facts)
+
+
 def _figures(
     base: FrozenModel,
     persona: Persona,
@@ -87,13 +109,10 @@ def _figures(
     subject: Teacher | SoftPrompt | None,
     held: list[Held],
     max_tokens: int,
+    facts: tuple[Fact, ...],
 ) -> SubjectFigures:
-    tok = base.tokenizer
     asked = [(ChatMessage("user", h.question),) for h in held]
-    if isinstance(subject, SoftPrompt):
-        reads = [Reading(chat_ids(tok, m), subject) for m in asked]
-    else:
-        reads = teacher_reads(base, subject, asked)
+    reads = _reads(base, subject, [h.question for h in held])
     context = len(subject.context_ids) if isinstance(subject, Teacher) else 0
     answers = answer_all(base, reads, SamplingParams(max_tokens=max_tokens, temperature=0.0))
     texts = [a.text for a in answers]
@@ -110,6 +129,7 @@ def _figures(
         mean_kl=agreed.mean_kl,
         prompt_tokens=context + sum(len(r.ids) for r in reads) / len(reads),
         virtual_tokens=subject.num_virtual_tokens if isinstance(subject, SoftPrompt) else 0,
+        correct=_correct(base, subject, facts, max_tokens),
         samples=tuple(texts[:3]),
     )
 
@@ -117,6 +137,7 @@ def _figures(
 def persona_eval_command(args: argparse.Namespace, base: FrozenModel) -> int:
     persona = load_persona(args.persona)
     held = read_held(args.data)
+    facts = load_facts(args.facts) if args.facts is not None else ()
     teacher = build_teacher(base, persona.context(), persona.name)
     system_only = build_teacher(base, persona.context()[:1], f"{persona.name}-system")
     subjects: list[tuple[str, Teacher | SoftPrompt | None]] = [
@@ -126,27 +147,34 @@ def persona_eval_command(args: argparse.Namespace, base: FrozenModel) -> int:
         ("bare model", None),
     ]
     figures = [
-        _figures(base, persona, teacher, name, subject, held, args.max_new_tokens)
+        _figures(base, persona, teacher, name, subject, held, args.max_new_tokens, facts)
         for name, subject in subjects
     ]
     print(
         f"persona {persona.name}: {len(held)} held-out questions, greedy, {args.max_new_tokens} tokens"
     )
-    print("| subject | adherence | on-topic | top-1 agreement | mean KL | prompt tokens |")
-    print("|---|---|---|---|---|---|")
+    if facts:
+        print(f"correct: {len(facts)} questions with a known answer ({args.facts})")
+    print(
+        "| subject | adherence | on-topic | correct | top-1 agreement | mean KL | prompt tokens |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for f in figures:
         adherence = "-" if f.adherence is None else f"{f.adherence:.2f}"
+        correct = "-" if f.correct is None else f"{f.correct:.2f}"
         tokens = f"{f.prompt_tokens:.0f}" + (
             f" + {f.virtual_tokens} virtual" if f.virtual_tokens else ""
         )
         print(
-            f"| {f.subject} | {adherence} | {f.on_topic:.2f} | {f.top1_agreement:.3f} "
+            f"| {f.subject} | {adherence} | {f.on_topic:.2f} | {correct} | {f.top1_agreement:.3f} "
             f"| {f.mean_kl:.3f} | {tokens} |"
         )
     for f in figures:
         print(f"{f.subject}: " + " / ".join(repr(s[:100]) for s in f.samples))
     out: dict[str, Any] = {"persona": persona.name, "questions": len(held)}
     out["max_new_tokens"] = args.max_new_tokens
+    if facts:
+        out["facts"] = len(facts)
     out["subjects"] = [asdict(f) for f in figures]
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

@@ -79,6 +79,11 @@ def add_commands(sub: Any) -> None:
     )
     e.add_argument("--max-new-tokens", type=int, default=64, help="answer budget for --persona")
     e.add_argument(
+        "--facts",
+        type=Path,
+        help="--persona: questions with known answers (JSONL), for the share answered correctly",
+    )
+    e.add_argument(
         "--record", action="store_true", help="--persona: keep the figures in the task's task.json"
     )
     e.add_argument("--batch-size", type=int, default=32)

@@ -187,6 +187,8 @@ def eval_command(args: argparse.Namespace) -> int:
         if not args.prompt:
             raise ValueError("--persona compares a soft prompt: give it as --prompt TASK")
         return persona_eval_command(args, _base(args))
+    if args.facts is not None or args.record:
+        raise ValueError("--facts and --record go with --persona")
     examples, _ = _examples(args)
     labels = parse_labels(args.labels)
     figures: dict[str, Any]

@@ -8,6 +8,9 @@ On disk, beside each other (`examples/personas/pirate.*`):
 - `pirate.check.json`: the adherence rule (one of `RULES`), also copied into the trained task's
   `task.json` so a served persona carries its own check.
 
+Beside them, `facts.jsonl` (any persona): questions with a known short answer, to see that a
+persona still answers correctly (`Fact`, `load_facts`).
+
 Torch-free: the checks run on text, in tests and in the eval command alike.
 """
 
@@ -115,6 +118,47 @@ def on_topic(answer: str, topic: str) -> bool:
     keys = [_stem(w) for w in words(topic) if len(w) >= 4]
     said = words(answer)
     return any(w.startswith(k) for k in keys for w in said) if keys else True
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A question with a known short answer: whether a persona, in its voice, still gets it."""
+
+    question: str
+    answers: tuple[str, ...]  # any one of them, as whole words (normalised by `words`)
+
+    def answered_by(self, text: str) -> bool:
+        return _phrase_hits(text, self.answers) > 0
+
+
+def _fact(line: str, where: str) -> Fact:
+    try:
+        data = json.loads(line)
+        question, raw = data["question"], data["answers"]
+        if not isinstance(question, str) or not question.strip() or not isinstance(raw, list):
+            raise TypeError
+        answers = tuple(" ".join(words(a)) for a in raw)  # TypeError on a non-string
+        if not answers or not all(answers):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f'{where}: expected {{"question": "...", "answers": ["...", ...]}}, '
+            "each answer with a word or number in it"
+        ) from None
+    return Fact(question.strip(), answers)
+
+
+def load_facts(path: Path) -> tuple[Fact, ...]:
+    """`{"question": ..., "answers": [...]}` lines; every question distinct."""
+    if not path.is_file():
+        raise ValueError(f"no facts file {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    facts = [_fact(line, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
+    if not facts:
+        raise ValueError(f"{path}: no facts")
+    if len({f.question for f in facts}) != len(facts):
+        raise ValueError(f"{path}: a question is listed twice")
+    return tuple(facts)
 
 
 @dataclass(frozen=True)

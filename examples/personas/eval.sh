@@ -9,5 +9,6 @@ out=${OUT:-runs/personas}
 prompts=${PROMPTS:-prompts}
 for persona in ${PERSONAS:-pirate terse-expert kind-teacher}; do
   softserve eval --persona "$here/$persona.txt" --prompt "$persona" --prompts "$prompts" --record \
+    --facts "$here/facts.jsonl" \
     --data "$out/$persona-eval.jsonl" --json "$out/$persona-figures.json"
 done
