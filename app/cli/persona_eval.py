@@ -91,16 +91,6 @@ def _reads(
     return teacher_reads(base, subject, asked)
 
 
-def _correct(
-    base: FrozenModel, subject: Teacher | SoftPrompt | None, facts: tuple[Fact, ...], tokens: int
-) -> float | None:
-    if not facts:
-        return None
-    reads = _reads(base, subject, [f.question for f in facts])
-    answers = answer_all(base, reads, SamplingParams(max_tokens=tokens, temperature=0.0))
-    return sum(f.answered_by(a.text) for f, a in zip(facts, answers, strict=True)) / len(facts)
-
-
 def _figures(
     base: FrozenModel,
     persona: Persona,
@@ -111,14 +101,18 @@ def _figures(
     max_tokens: int,
     facts: tuple[Fact, ...],
 ) -> SubjectFigures:
-    asked = [(ChatMessage("user", h.question),) for h in held]
     reads = _reads(base, subject, [h.question for h in held])
     context = len(subject.context_ids) if isinstance(subject, Teacher) else 0
-    answers = answer_all(base, reads, SamplingParams(max_tokens=max_tokens, temperature=0.0))
-    texts = [a.text for a in answers]
+    # The facts' answers come from the same engine run as the held-out ones.
+    fact_reads = _reads(base, subject, [f.question for f in facts])
+    answers = answer_all(
+        base, [*reads, *fact_reads], SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    )
+    texts = [a.text for a in answers[: len(held)]]
+    right = [f.answered_by(a.text) for f, a in zip(facts, answers[len(held) :], strict=True)]
     chats = [
-        ChatExample((*m, ChatMessage("assistant", h.teacher)))
-        for m, h in zip(asked, held, strict=True)
+        ChatExample((ChatMessage("user", h.question), ChatMessage("assistant", h.teacher)))
+        for h in held
     ]
     agreed = agreement(base, teacher, subject, chats)
     return SubjectFigures(
@@ -129,7 +123,7 @@ def _figures(
         mean_kl=agreed.mean_kl,
         prompt_tokens=context + sum(len(r.ids) for r in reads) / len(reads),
         virtual_tokens=subject.num_virtual_tokens if isinstance(subject, SoftPrompt) else 0,
-        correct=_correct(base, subject, facts, max_tokens),
+        correct=sum(right) / len(right) if right else None,
         samples=tuple(texts[:3]),
     )
 
