@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 
 from app.model import FrozenModel, PromptKind
 from app.registry.store import Registry
@@ -119,6 +120,29 @@ def test_saved_folder_loads_in_peft_and_in_the_registry(tiny: FrozenModel, tmp_p
             a = peft(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
             b = ours(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_a_float16_store_halves_the_file_and_serves_the_same_table(
+    tiny: FrozenModel, tmp_path: Path
+) -> None:
+    trained = train(tiny, toy_examples(40), quick_config("prefix", epochs=1))
+    info = TaskInfo(template=TEMPLATE)
+    for name, dtype in (("f32", torch.float32), ("f16", torch.float16)):
+        save_prompt(tiny, trained.model, trained.report, tmp_path, name, info, {}, dtype)
+    f32, f16 = (tmp_path / name / "adapter_model.safetensors" for name in ("f32", "f16"))
+    assert load_file(f16)["prompt_embeddings"].dtype == torch.float16
+    assert f16.stat().st_size < 0.6 * f32.stat().st_size
+    registry = Registry(tmp_path, tiny.spec)
+    registry.load_all()
+    full, half = (registry.get(name).soft_prompt.table for name in ("f32", "f16"))
+    assert half.dtype == torch.float32 and not torch.equal(full, half)
+    torch.testing.assert_close(half, full, rtol=1e-3, atol=1e-4)
+    # A table float16 cannot hold is refused before anything is written.
+    with torch.no_grad():
+        next(trained.model.prompt_encoder.parameters()).mul_(0).add_(1e6)
+    with pytest.raises(ValueError, match=r"does not fit torch\.float16"):
+        save_prompt(tiny, trained.model, trained.report, tmp_path, "big", info, {}, torch.float16)
+    assert not (tmp_path / "big").exists()
 
 
 FIXED = [  # the toy task's words, one with the wrong answer

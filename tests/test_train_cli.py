@@ -309,6 +309,17 @@ def test_training_goes_on_from_a_saved_prompt(
     second = json.loads((prompts / "second" / "task.json").read_text())["info"]["training"]
     assert second["initial_val_loss"] == pytest.approx(first["best_val_loss"], rel=1e-4)
     assert second["init"] == f"from:{prompts / 'first'}"
+    assert second["store_dtype"] == "float32"
+    # Stored in float16 (half the bytes), it goes on from there just the same.
+    half = ["train", "--task", "half", "--steps", "1", "--store-dtype", "float16", *common]
+    assert main(half) == 0
+    assert (
+        json.loads((prompts / "half" / "task.json").read_text())["info"]["training"]["store_dtype"]
+        == "float16"
+    )
+    header = (prompts / "half" / "adapter_model.safetensors").read_bytes()[8:200]
+    assert b'"dtype":"F16"' in header
+    assert main([*again[:-1], f"from:{prompts / 'half'}", *common]) == 0
     capsys.readouterr()
 
     other_size = [

@@ -55,6 +55,12 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--labels", help="label set recorded in task.json (default: --label-map's)")
     t.add_argument("--defaults", help='sampling defaults as JSON, e.g. {"temperature": 0}')
     t.add_argument("--out", type=Path, default=Path(DEFAULT_PROMPTS), help="prompts folder")
+    t.add_argument(
+        "--store-dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="dtype of the saved table (float16: half the bytes; served as float32 either way)",
+    )
     t.add_argument("--push", metavar="URL", help="also hot-swap it into a running server")
     t.add_argument("--admin-key", help="admin key for --push (or SOFTSERVE_ADMIN_KEY)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

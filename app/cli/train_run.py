@@ -30,7 +30,7 @@ from app.train.data import (
 )
 from app.train.evaluate import Subject, classify, generate_and_score
 from app.train.persona import Persona, load_persona
-from app.train.save import TaskInfo, save_prompt
+from app.train.save import STORE_DTYPES, TaskInfo, save_prompt
 from app.train.teacher import build_teacher
 from app.train.trainer import Objective, TrainConfig, train
 
@@ -98,6 +98,7 @@ def train_command(args: argparse.Namespace) -> int:
         "virtual_tokens": args.virtual_tokens,
         "objective": objective.value,
         "init": args.init,
+        "store_dtype": args.store_dtype,
     }
     if persona is not None:
         extra["teacher"] = {
@@ -107,7 +108,8 @@ def train_command(args: argparse.Namespace) -> int:
         }
         if persona.check is not None:
             extra["check"] = persona.check.to_json()
-    entry = save_prompt(base, trained.model, report, args.out, args.task, info, extra)
+    store_dtype = STORE_DTYPES[args.store_dtype]
+    entry = save_prompt(base, trained.model, report, args.out, args.task, info, extra, store_dtype)
     print(
         f"saved {args.out / args.task} (version {entry.version}, sha256 {entry.sha256[:12]}): "
         f"{report.steps} steps in {report.seconds:.0f} s ({report.tokens_per_s:.0f} tokens/s), "

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from app.model.loader import FrozenModel
 from app.registry.entry import PromptEntry, PromptFiles
 from app.registry.peft_format import CONFIG_FILE, TENSOR_FILE
 from app.registry.store import Registry
 from app.train.trainer import TrainReport
 from peft import PeftModel
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 LOSS_PLOT = "loss.png"
 
@@ -58,17 +61,35 @@ class TaskInfo:
         return (json.dumps(task, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def peft_files(model: PeftModel, task_json: bytes) -> PromptFiles:
-    """The files `save_pretrained` writes (PEFT's own format), read back as bytes."""
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def peft_files(
+    model: PeftModel, task_json: bytes, store_dtype: torch.dtype = torch.float32
+) -> PromptFiles:
+    """The files `save_pretrained` writes (PEFT's own format), read back as bytes; the table
+    stored as `store_dtype` (half the bytes in float16; the registry reads it back as float32)."""
     with tempfile.TemporaryDirectory() as tmp:
         # save_embedding_layers=False: otherwise PEFT looks the base model up on the hub.
         model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         folder = Path(tmp)
         return PromptFiles(
             adapter_config=(folder / CONFIG_FILE).read_bytes(),
-            adapter_model=(folder / TENSOR_FILE).read_bytes(),
+            adapter_model=_cast((folder / TENSOR_FILE).read_bytes(), store_dtype),
             task=task_json,
         )
+
+
+def _cast(data: bytes, dtype: torch.dtype) -> bytes:
+    tensors = load_safetensors(data)
+    if all(t.dtype == dtype for t in tensors.values()):
+        return data
+    cast = {key: t.to(dtype).contiguous() for key, t in tensors.items()}
+    for key, t in cast.items():
+        if not bool(torch.isfinite(t).all()):  # float16 tops out at 65504
+            top = float(tensors[key].abs().max())
+            raise ValueError(f"{key} does not fit {dtype} (values up to {top:g}): store float32")
+    return save_safetensors(cast, metadata={"format": "pt"})
 
 
 def plot_losses(report: TrainReport, path: Path, title: str) -> None:
@@ -99,10 +120,11 @@ def save_prompt(
     task: str,
     info: TaskInfo,
     extra: dict[str, Any],
+    store_dtype: torch.dtype = torch.float32,
 ) -> PromptEntry:
     """Validate as the server would and write `root/task` atomically (a watching server picks it
     up); then put the loss curve next to it."""
-    files = peft_files(model, info.to_json(report, extra))
+    files = peft_files(model, info.to_json(report, extra), store_dtype)
     root.mkdir(parents=True, exist_ok=True)
     entry = Registry(root, base.spec).put(task, files)
     plot_losses(report, root / task / LOSS_PLOT, f"{task} ({extra.get('kind', '')})")
