@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.api.app import create_app
-from app.cli.main import main
+from app.cli.main import build_parser, main
 from app.model import FrozenModel
 from app.settings import Settings
 from app.train.data import Columns, DataError, load_examples, parse_label_map
@@ -335,3 +335,23 @@ def test_training_goes_on_from_a_saved_prompt(
     other_kind = [a if a != "prefix" else "prompt" for a in [*again, *common]]
     assert main(other_kind) == 2
     assert "a prefix prompt cannot start a prompt one" in capsys.readouterr().err
+
+
+def test_every_flag_the_example_scripts_pass_exists() -> None:
+    """The scripts in examples/ are the recipes the README's figures come from: each flag they
+    pass to `softserve CMD` must be one CMD takes (a renamed flag would break them silently)."""
+    subparsers = build_parser()._subparsers
+    assert subparsers is not None
+    commands = subparsers._group_actions[0].choices  # type: ignore[attr-defined]
+    scripts = sorted(Path(__file__).parents[1].glob("examples/**/*.sh"))
+    checked = 0
+    for script in scripts:
+        text = script.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            for call in re.findall(r"softserve ([a-z-]+)(.*)", line):
+                command, rest = call
+                known = {o for a in commands[command]._actions for o in a.option_strings}
+                flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest))
+                assert flags <= known, f"{script.name}: softserve {command} {flags - known}"
+                checked += len(flags)
+    assert len(scripts) >= 4 and checked > 40

@@ -17,6 +17,7 @@ prompts=${PROMPTS:-prompts}
 questions=${QUESTIONS:-1000}
 steps=${STEPS:-600}
 objective=${OBJECTIVE:-kl}
+tokens=${TOKENS:-24}
 mkdir -p "$out"
 for persona in ${PERSONAS:-pirate terse-expert kind-teacher}; do
   system="$here/$persona.txt"
@@ -25,7 +26,7 @@ for persona in ${PERSONAS:-pirate terse-expert kind-teacher}; do
     --eval-out "$out/$persona-eval.jsonl" --json "$out/$persona-distill.json"
   softserve train --kind prefix --task "$persona" --data "$out/$persona-train.jsonl" \
     --distill-from "@$system" --objective "$objective" \
-    --init "text:$(cat "$system")" --virtual-tokens 24 --steps "$steps" --batch-size 8 \
+    --init "text:$(cat "$system")" --virtual-tokens "$tokens" --steps "$steps" --batch-size 8 \
     --val-split 40 --eval-every 50 --patience 3 \
     --defaults '{"temperature": 0.7, "top_p": 0.9, "max_tokens": 128}' \
     --description "$(head -c 120 "$system")..." --out "$prompts" --quiet
