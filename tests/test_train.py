@@ -16,7 +16,7 @@ from app.registry.store import Registry
 from app.train.adapters import PromptInit, inference_model
 from app.train.data import ChatExample, ChatMessage, TextExample
 from app.train.evaluate import Subject, classify, generate_and_score
-from app.train.save import LOSS_PLOT, TaskInfo, save_prompt
+from app.train.save import LOSS_PLOT, StoreDtypeError, TaskInfo, save_prompt
 from app.train.trainer import TrainConfig, train
 
 TEMPLATE = "Q: {input}\nA:"
@@ -140,7 +140,7 @@ def test_a_float16_store_halves_the_file_and_serves_the_same_table(
     # A table float16 cannot hold is refused before anything is written.
     with torch.no_grad():
         next(trained.model.prompt_encoder.parameters()).mul_(0).add_(1e6)
-    with pytest.raises(ValueError, match=r"does not fit torch\.float16"):
+    with pytest.raises(StoreDtypeError, match=r"does not fit torch\.float16"):
         save_prompt(tiny, trained.model, trained.report, tmp_path, "big", info, {}, torch.float16)
     assert not (tmp_path / "big").exists()
 

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from app.api.app import create_app
 from app.cli.main import build_parser, main
 from app.model import FrozenModel
 from app.settings import Settings
 from app.train.data import Columns, DataError, load_examples, parse_label_map
+from app.train.save import StoreDtypeError
 from tests.live import LiveServer, live
 from tests.test_train import toy_examples
 from tests.tiny import save_tiny
@@ -290,7 +292,10 @@ def test_persona_from_distill_to_train_to_eval(
 
 
 def test_training_goes_on_from_a_saved_prompt(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`--init from:FOLDER` starts from that prompt's table: the new run's first validation
     loss is the saved prompt's best one (same data, same split); other kinds or sizes refused."""
@@ -321,6 +326,21 @@ def test_training_goes_on_from_a_saved_prompt(
     assert b'"dtype":"F16"' in header
     assert main([*again[:-1], f"from:{prompts / 'half'}", *common]) == 0
     capsys.readouterr()
+
+    # A table float16 cannot hold: the finished run is stored in float32, with a warning.
+    def overflowing(data: bytes, dtype: torch.dtype) -> bytes:
+        if dtype != torch.float32:
+            raise StoreDtypeError("prompt_embeddings does not fit torch.float16")
+        return data
+
+    monkeypatch.setattr("app.train.save._cast", overflowing)
+    assert (
+        main(["train", "--task", "kept", "--steps", "1", "--store-dtype", "float16", *common]) == 0
+    )
+    assert "stored as float32 instead" in capsys.readouterr().err
+    kept = json.loads((prompts / "kept" / "task.json").read_text())["info"]["training"]
+    assert kept["store_dtype"] == "float32"
+    assert b'"dtype":"F32"' in (prompts / "kept" / "adapter_model.safetensors").read_bytes()[8:200]
 
     other_size = [
         *again[:-2],

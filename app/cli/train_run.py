@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from app.train.data import (
 )
 from app.train.evaluate import Subject, classify, generate_and_score
 from app.train.persona import Persona, load_persona
-from app.train.save import STORE_DTYPES, TaskInfo, save_prompt
+from app.train.save import STORE_DTYPES, StoreDtypeError, TaskInfo, save_prompt
 from app.train.teacher import build_teacher
 from app.train.trainer import Objective, TrainConfig, train
 
@@ -109,7 +110,14 @@ def train_command(args: argparse.Namespace) -> int:
         if persona.check is not None:
             extra["check"] = persona.check.to_json()
     store_dtype = STORE_DTYPES[args.store_dtype]
-    entry = save_prompt(base, trained.model, report, args.out, args.task, info, extra, store_dtype)
+    try:
+        entry = save_prompt(
+            base, trained.model, report, args.out, args.task, info, extra, store_dtype
+        )
+    except StoreDtypeError as exc:  # a finished training run is never thrown away for its dtype
+        print(f"warning: {exc}: stored as float32 instead", file=sys.stderr)
+        extra["store_dtype"] = "float32"
+        entry = save_prompt(base, trained.model, report, args.out, args.task, info, extra)
     print(
         f"saved {args.out / args.task} (version {entry.version}, sha256 {entry.sha256[:12]}): "
         f"{report.steps} steps in {report.seconds:.0f} s ({report.tokens_per_s:.0f} tokens/s), "

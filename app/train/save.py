@@ -61,6 +61,10 @@ class TaskInfo:
         return (json.dumps(task, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+class StoreDtypeError(ValueError):
+    """The trained table does not fit the dtype asked for storing it (float16 tops out at 65504)."""
+
+
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -86,9 +90,9 @@ def _cast(data: bytes, dtype: torch.dtype) -> bytes:
         return data
     cast = {key: t.to(dtype).contiguous() for key, t in tensors.items()}
     for key, t in cast.items():
-        if not bool(torch.isfinite(t).all()):  # float16 tops out at 65504
+        if not bool(torch.isfinite(t).all()):
             top = float(tensors[key].abs().max())
-            raise ValueError(f"{key} does not fit {dtype} (values up to {top:g}): store float32")
+            raise StoreDtypeError(f"{key} does not fit {dtype} (values up to {top:g})")
     return save_safetensors(cast, metadata={"format": "pt"})
 
 
