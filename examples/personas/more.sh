@@ -13,13 +13,14 @@ more=${MORE:-1800}
 seed=${SEED:-1}
 steps=${STEPS:-500}
 tokens=${TOKENS:-48}
+from=${FROM:?set FROM to the prompts folder to go on from, e.g. runs/p48}
 for persona in ${PERSONAS:-pirate terse-expert kind-teacher}; do
   system="$here/$persona.txt"
   softserve distill --persona "$system" --generate "$more" --seed "$seed" --max-new-tokens 72 \
     --keep-passing --out "$out/$persona-more-$seed.jsonl" --json "$out/$persona-more-$seed.json"
   cat "$out/$persona-train.jsonl" "$out/$persona-more-$seed.jsonl" > "$out/$persona-all.jsonl"
   softserve train --kind prefix --task "$persona" --data "$out/$persona-all.jsonl" \
-    --distill-from "@$system" --objective kl --init "from:$FROM/$persona" \
+    --distill-from "@$system" --objective kl --init "from:$from/$persona" \
     --virtual-tokens "$tokens" --steps "$steps" --lr 1e-3 --batch-size 8 --seed "$((seed + 3))" \
     --val-split 40 --eval-every 50 --patience 3 --store-dtype float16 \
     --defaults '{"temperature": 0.7, "top_p": 0.9, "max_tokens": 128}' \
