@@ -3,6 +3,7 @@ the persona checks (tiny model; the real training runs are in the README, not he
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,13 +12,14 @@ import torch
 
 from app.model import FrozenModel, PromptKind
 from app.render import ChatMessage, chat_ids
+from app.train.adapters import PromptInit, trainable_model
 from app.train.data import ChatExample
 from app.train.encode import collate, encode_chat
 from app.train.persona import Check, Fact, load_facts, load_persona, on_topic
 from app.train.questions import EVAL_FORMS, TRAIN_FORMS, generate, split_topics
 from app.train.scoring import target_logits
 from app.train.teacher import build_teacher, teacher_logits
-from app.train.trainer import Objective, train
+from app.train.trainer import Loss, Objective, train
 from tests.test_train import quick_config
 
 CONTEXT = (
@@ -69,10 +71,46 @@ def test_the_kl_objective_lowers_kl_to_the_teacher(tiny: FrozenModel, kind: str)
     assert report.best.val_loss < 0.85 * report.initial_val_loss, report
 
 
+def test_kl_plus_ce_is_the_two_losses_summed(tiny: FrozenModel) -> None:
+    """kl+ce adds, at each answer token, the text's cross-entropy to the KL: the two computed
+    apart (the CE by the scoring path training by text uses) sum to it, token order included."""
+    teacher = build_teacher(tiny, CONTEXT, "toy")
+    model = trainable_model(tiny, PromptKind.PREFIX_TUNING, 4, PromptInit.parse("random"))
+    rows = [
+        dataclasses.replace(
+            encode_chat(tiny.tokenizer, c), teacher=teacher.encode(tiny.tokenizer, c)
+        )
+        for c in _chats(5)
+    ]
+    with torch.no_grad():
+        both, n = Loss(tiny, 0, teacher, text=True).summed(model, rows)
+        kl, n_kl = Loss(tiny, 0, teacher).summed(model, rows)
+        ce, n_ce = Loss(tiny, 0).summed(model, rows)
+    assert n == n_kl == n_ce > 5 and float(kl) > 0 and float(ce) > 0
+    assert torch.allclose(both, kl + ce, rtol=1e-4)
+
+
+def test_kl_plus_ce_trains_toward_teacher_and_text(tiny: FrozenModel) -> None:
+    teacher = build_teacher(tiny, CONTEXT, "toy")
+    config = quick_config(
+        "prefix",
+        template=None,
+        objective=Objective.KL_CE,
+        val_split=12,
+        max_steps=60,
+        eval_every=20,
+    )
+    report = train(tiny, _chats(), config, teacher).report
+    assert report.initial_val_loss is not None and report.best.val_loss is not None
+    assert report.best.val_loss < 0.85 * report.initial_val_loss, report
+
+
 def test_kl_needs_a_teacher_and_ce_refuses_one(tiny: FrozenModel) -> None:
     teacher = build_teacher(tiny, CONTEXT, "toy")
     with pytest.raises(ValueError, match="teacher"):
         train(tiny, _chats(), quick_config("prefix", template=None, objective=Objective.KL))
+    with pytest.raises(ValueError, match="teacher"):
+        train(tiny, _chats(), quick_config("prefix", template=None, objective=Objective.KL_CE))
     with pytest.raises(ValueError, match="teacher"):
         train(tiny, _chats(), quick_config("prefix", template=None), teacher)
 

@@ -35,8 +35,9 @@ def add_commands(sub: Any) -> None:
     )
     t.add_argument(
         "--objective",
-        choices=["ce", "kl"],
-        help="ce: answer text cross-entropy; kl: match the teacher (default with --distill-from)",
+        choices=["ce", "kl", "kl+ce"],
+        help="ce: answer text cross-entropy; kl: match the teacher (default with --distill-from);"
+        " kl+ce: both summed",
     )
     t.add_argument("--virtual-tokens", type=int, default=20)
     t.add_argument(

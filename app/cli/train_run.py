@@ -83,7 +83,7 @@ def train_command(args: argparse.Namespace) -> int:
             config, init=_saved_table(config.init, base, config.kind, config.virtual_tokens)
         )
     teacher = None
-    if persona is not None and objective is Objective.KL:
+    if persona is not None and objective.distills:
         teacher = build_teacher(base, persona.context(), persona.name)
     trained = train(base, examples, config, teacher)
     report = trained.report

@@ -17,7 +17,7 @@ from app.model.loader import FrozenModel
 from app.train.adapters import InitKind, PromptInit, prepends_embeddings, trainable_model
 from app.train.data import ChatExample, Example
 from app.train.encode import Encoded, collate, encode
-from app.train.scoring import kl_divergence, score_targets, target_logits
+from app.train.scoring import kl_divergence, score_targets, target_ids, target_logits
 from app.train.teacher import Teacher, teacher_logits
 from peft import PeftModel
 from tqdm import tqdm
@@ -36,6 +36,15 @@ DEFAULT_LR = {
 class Objective(StrEnum):
     CE = "ce"  # cross-entropy on the answer text
     KL = "kl"  # KL(teacher || student) over the teacher's whole next-token distribution
+    # Both, summed per answer token (Hinton et al. 2015's soft + hard targets): the teacher's
+    # distribution, pulled toward the answers that passed the persona's check, so the student
+    # learns the teacher without its habit of breaking the persona where the check filtered it.
+    KL_CE = "kl+ce"
+
+    @property
+    def distills(self) -> bool:
+        """Needs a teacher."""
+        return self is not Objective.CE
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,7 @@ class Loss:
     base: FrozenModel
     pad_id: int
     teacher: Teacher | None = None
+    text: bool = False  # add the answer text's cross-entropy to the KL (Objective.KL_CE)
 
     def summed(self, model: PeftModel, rows: Sequence[Encoded]) -> tuple[torch.Tensor, int]:
         """The loss summed over the rows' target tokens, and how many there are."""
@@ -152,7 +162,11 @@ class Loss:
         student = target_logits(model, batch, offset)  # [N, V]
         if target.shape != student.shape:
             raise ValueError("teacher and student rows do not share their answer tokens")
-        return kl_divergence(target, student).sum(), int(student.shape[0])
+        per = kl_divergence(target, student)  # [N]
+        if self.text:
+            ids = target_ids(batch).to(student.device)  # [N]
+            per = per - torch.log_softmax(student.float(), -1).gather(-1, ids[:, None])[:, 0]
+        return per.sum(), int(student.shape[0])
 
 
 @torch.no_grad()
@@ -187,11 +201,15 @@ def train(
     config: TrainConfig,
     teacher: Teacher | None = None,
 ) -> Trained:
-    """Train a soft prompt on `examples`: by cross-entropy on their answers, or (objective KL) to
-    match `teacher`'s next-token distributions along them."""
+    """Train a soft prompt on `examples`: by cross-entropy on their answers, (objective KL) to
+    match `teacher`'s next-token distributions along them, or (KL_CE) both."""
     config.validate()
-    if (config.objective is Objective.KL) != (teacher is not None):
-        raise ValueError("the kl objective needs a teacher (--distill-from), and only it does")
+    if config.objective.distills != (teacher is not None):
+        raise ValueError(
+            f"the {config.objective} objective needs a teacher (--distill-from), and only kl and kl+ce do"
+            if config.objective.distills
+            else "the ce objective takes no teacher: use kl or kl+ce with --distill-from"
+        )
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     rows, skipped = _encode_all(base, examples, config, teacher)
@@ -199,7 +217,7 @@ def train(
         raise ValueError(f"need at least 2 usable examples, got {len(rows)} ({skipped} too long)")
     train_rows, val_rows = _split(rows, config.val_split, rng)
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
-    objective = Loss(base, pad_id, teacher)
+    objective = Loss(base, pad_id, teacher, text=config.objective is Objective.KL_CE)
     model = trainable_model(base, config.kind, config.virtual_tokens, config.init)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr or DEFAULT_LR[config.kind], weight_decay=0.0)
