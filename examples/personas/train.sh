@@ -7,9 +7,12 @@
 #    teacher's whole next-token distribution at every answer position;
 # 3. eval.py compares soft prompt / long prompt / bare model on held-out questions (forms and
 #    topics the training never saw).
+# MORE=N samples N more teacher answers from a second question draw (--seed 1) and trains on both.
 # Usage: bash examples/personas/train.sh   (on 2 CPU cores ~15 min of teacher sampling a persona,
-# then 30-50 min of KL training; OBJECTIVE=ce PERSONAS=terse-expert for the shipped terse-expert,
-# QUESTIONS=500 STEPS=200 PERSONAS=pirate for the shipped pirate: README, "Personas")
+# then 30-50 min of KL training). The shipped prompts (README, "Personas"):
+#   MORE=1200 TOKENS=48 PERSONAS=pirate                        (then more.sh, see there)
+#   MORE=1400 TOKENS=48 OBJECTIVE=kl+ce PERSONAS=terse-expert
+#   TOKENS=48 STEPS=500 PERSONAS=kind-teacher                  (then more.sh)
 set -euo pipefail
 here=$(dirname "$0")
 out=${OUT:-runs/personas}
@@ -18,16 +21,25 @@ questions=${QUESTIONS:-1000}
 steps=${STEPS:-600}
 objective=${OBJECTIVE:-kl}
 tokens=${TOKENS:-24}
+more=${MORE:-0}
 mkdir -p "$out"
 for persona in ${PERSONAS:-pirate terse-expert kind-teacher}; do
   system="$here/$persona.txt"
   softserve distill --persona "$system" --generate "$questions" --max-new-tokens 72 \
     --keep-passing --out "$out/$persona-train.jsonl" \
     --eval-out "$out/$persona-eval.jsonl" --json "$out/$persona-distill.json"
-  softserve train --kind prefix --task "$persona" --data "$out/$persona-train.jsonl" \
+  data="$out/$persona-train.jsonl"
+  if [ "$more" -gt 0 ]; then
+    softserve distill --persona "$system" --generate "$more" --seed 1 --max-new-tokens 72 \
+      --keep-passing --out "$out/$persona-more-1.jsonl" --json "$out/$persona-more-1.json"
+    data="$out/$persona-all.jsonl"
+    cat "$out/$persona-train.jsonl" "$out/$persona-more-1.jsonl" > "$data"
+  fi
+  softserve train --kind prefix --task "$persona" --data "$data" \
     --distill-from "@$system" --objective "$objective" \
     --init "text:$(cat "$system")" --virtual-tokens "$tokens" --steps "$steps" --batch-size 8 \
     --val-split 40 --eval-every 50 --patience 3 \
     --defaults '{"temperature": 0.7, "top_p": 0.9, "max_tokens": 128}' \
+    --store-dtype "${STORE_DTYPE:-float16}" \
     --description "$(head -c 120 "$system")..." --out "$prompts" --quiet
 done
