@@ -10,7 +10,7 @@
 # MORE=N samples N more teacher answers from a second question draw (--seed 1) and trains on both.
 # Usage: bash examples/personas/train.sh   (on 2 CPU cores ~15 min of teacher sampling a persona,
 # then 30-50 min of KL training). The shipped prompts (README, "Personas"):
-#   MORE=1200 TOKENS=48 PERSONAS=pirate                        (then more.sh, see there)
+#   MORE=1200 TOKENS=48 PERSONAS=pirate
 #   MORE=1400 TOKENS=48 OBJECTIVE=kl+ce PERSONAS=terse-expert
 #   TOKENS=48 STEPS=500 PERSONAS=kind-teacher                  (then more.sh)
 set -euo pipefail
