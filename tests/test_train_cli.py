@@ -77,6 +77,8 @@ def test_the_train_command_reports_a_bad_file_with_its_line(
         (["--kind", "prompt", "--lr", "-1"], "lr must be a positive number"),
         (["--kind", "prompt", "--template", "no placeholder"], "must contain {input}"),
         (["--kind", "prompt", "--task", "../up"], "task name"),
+        (["--kind", "prefix", "--objective", "kl"], "needs a teacher"),
+        (["--kind", "prefix", "--objective", "kl+ce"], "needs a teacher"),
     ],
 )
 def test_bad_options_fail_before_the_model_loads(

@@ -58,6 +58,10 @@ def train_command(args: argparse.Namespace) -> int:
     if not isinstance(defaults, dict):
         raise ValueError("--defaults must be a JSON object")
     objective = Objective(args.objective or ("kl" if args.distill_from else "ce"))
+    if objective.distills and not args.distill_from:
+        raise ValueError(
+            f"--objective {objective} needs a teacher: add --distill-from @PERSONA.txt"
+        )
     config = TrainConfig(
         kind=PromptKind.parse(args.kind),
         objective=objective,
