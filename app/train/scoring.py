@@ -35,7 +35,7 @@ def _forward(
     mask = batch.attention_mask
     if past is not None:
         mask = torch.cat([torch.ones(len(mask), past.get_seq_length(), dtype=mask.dtype), mask], 1)
-    predicted = _predicting(targets)  # [K] columns t-1 predicting t
+    predicted = targets[:, 1:].any(dim=0).nonzero().flatten()  # [K] columns t-1 predicting t
     out = model(
         input_ids=ids,
         attention_mask=mask.to(device),
@@ -45,21 +45,18 @@ def _forward(
     return out.logits, ids[:, predicted + 1], targets[:, predicted + 1]
 
 
-def _predicting(targets: torch.Tensor) -> torch.Tensor:
-    """[K] the columns t-1 whose next token t is a target of some row of `targets` [B, T]."""
-    return targets[:, 1:].any(dim=0).nonzero().flatten()
-
-
-def target_ids(batch: Batch) -> torch.Tensor:
-    """[N] the target tokens themselves, in the order `target_logits` predicts them."""
-    columns = _predicting(batch.targets) + 1
-    return batch.input_ids[:, columns][batch.targets[:, columns]]
-
-
 def target_logits(model: Any, batch: Batch, offset: int, past: Cache | None = None) -> torch.Tensor:
     """[N, V] logits at every target-predicting position, row by row in order."""
     logits, _, mask = _forward(model, batch, offset, past)
     return logits[mask]
+
+
+def target_logits_and_ids(
+    model: Any, batch: Batch, offset: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`target_logits` [N, V] and the N target tokens [N] they predict, in the same order."""
+    logits, ids, mask = _forward(model, batch, offset)
+    return logits[mask], ids[mask]
 
 
 def kl_divergence(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:

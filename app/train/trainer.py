@@ -17,7 +17,7 @@ from app.model.loader import FrozenModel
 from app.train.adapters import InitKind, PromptInit, prepends_embeddings, trainable_model
 from app.train.data import ChatExample, Example
 from app.train.encode import Encoded, collate, encode
-from app.train.scoring import kl_divergence, score_targets, target_ids, target_logits
+from app.train.scoring import kl_divergence, score_targets, target_logits_and_ids
 from app.train.teacher import Teacher, teacher_logits
 from peft import PeftModel
 from tqdm import tqdm
@@ -159,12 +159,11 @@ class Loss:
         taught = [r.teacher for r in rows]
         assert all(t is not None for t in taught)  # encoded with the teacher (_encode_all)
         target = teacher_logits(self.base, self.teacher, collate(taught, self.pad_id))  # type: ignore[arg-type]
-        student = target_logits(model, batch, offset)  # [N, V]
+        student, ids = target_logits_and_ids(model, batch, offset)  # [N, V], [N]
         if target.shape != student.shape:
             raise ValueError("teacher and student rows do not share their answer tokens")
         per = kl_divergence(target, student)  # [N]
         if self.text:
-            ids = target_ids(batch).to(student.device)  # [N]
             per = per - torch.log_softmax(student.float(), -1).gather(-1, ids[:, None])[:, 0]
         return per.sum(), int(student.shape[0])
 
