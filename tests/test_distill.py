@@ -71,9 +71,11 @@ def test_the_kl_objective_lowers_kl_to_the_teacher(tiny: FrozenModel, kind: str)
     assert report.best.val_loss < 0.85 * report.initial_val_loss, report
 
 
-def test_kl_plus_ce_is_the_two_losses_summed(tiny: FrozenModel) -> None:
-    """kl+ce adds, at each answer token, the text's cross-entropy to the KL: the two computed
-    apart (the CE by the scoring path training by text uses) sum to it, token order included."""
+@pytest.mark.parametrize("weight", [1.0, 0.25])
+def test_kl_plus_ce_is_the_two_losses_summed(tiny: FrozenModel, weight: float) -> None:
+    """kl+ce adds, at each answer token, the text's cross-entropy (times its weight) to the KL:
+    the two computed apart (the CE by the scoring path training by text uses) sum to it, token
+    order included."""
     teacher = build_teacher(tiny, CONTEXT, "toy")
     model = trainable_model(tiny, PromptKind.PREFIX_TUNING, 4, PromptInit.parse("random"))
     rows = [
@@ -83,11 +85,27 @@ def test_kl_plus_ce_is_the_two_losses_summed(tiny: FrozenModel) -> None:
         for c in _chats(5)
     ]
     with torch.no_grad():
-        both, n = Loss(tiny, 0, teacher, text=True).summed(model, rows)
+        both, n = Loss(tiny, 0, teacher, ce_weight=weight).summed(model, rows)
         kl, n_kl = Loss(tiny, 0, teacher).summed(model, rows)
         ce, n_ce = Loss(tiny, 0).summed(model, rows)
     assert n == n_kl == n_ce > 5 and float(kl) > 0 and float(ce) > 0
-    assert torch.allclose(both, kl + ce, rtol=1e-4)
+    assert torch.allclose(both, kl + weight * ce, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("objective", "weight", "error"),
+    [
+        (Objective.KL_CE, 0.0, "positive"),
+        (Objective.KL_CE, float("nan"), "positive"),
+        (Objective.KL_CE, -1.0, "positive"),
+        (Objective.KL, 0.5, "kl\\+ce objective only"),
+        (Objective.CE, 2.0, "kl\\+ce objective only"),
+    ],
+)
+def test_ce_weight_is_checked(objective: Objective, weight: float, error: str) -> None:
+    config = quick_config("prefix", template=None, objective=objective, ce_weight=weight)
+    with pytest.raises(ValueError, match=error):
+        config.validate()
 
 
 def test_kl_plus_ce_trains_toward_teacher_and_text(tiny: FrozenModel) -> None:

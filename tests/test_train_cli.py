@@ -79,6 +79,7 @@ def test_the_train_command_reports_a_bad_file_with_its_line(
         (["--kind", "prompt", "--task", "../up"], "task name"),
         (["--kind", "prefix", "--objective", "kl"], "needs a teacher"),
         (["--kind", "prefix", "--objective", "kl+ce"], "needs a teacher"),
+        (["--kind", "prefix", "--ce-weight", "0.5"], "kl+ce objective only"),
     ],
 )
 def test_bad_options_fail_before_the_model_loads(

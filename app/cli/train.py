@@ -39,6 +39,12 @@ def add_commands(sub: Any) -> None:
         help="ce: answer text cross-entropy; kl: match the teacher (default with --distill-from);"
         " kl+ce: both summed",
     )
+    t.add_argument(
+        "--ce-weight",
+        type=float,
+        default=1.0,
+        help="kl+ce: the text cross-entropy's weight beside the KL's 1 (default 1)",
+    )
     t.add_argument("--virtual-tokens", type=int, default=20)
     t.add_argument(
         "--init", default="random", help='text:"...", random, vocab or from:FOLDER (go on training)'

@@ -77,6 +77,7 @@ def train_command(args: argparse.Namespace) -> int:
         patience=args.patience,
         max_tokens=args.max_tokens,
         seed=args.seed,
+        ce_weight=args.ce_weight,
         progress=not args.quiet,
     )
     config.validate()  # before the model loads: a typo should not cost 10 s
@@ -102,6 +103,7 @@ def train_command(args: argparse.Namespace) -> int:
         "data": args.data.name,
         "virtual_tokens": args.virtual_tokens,
         "objective": objective.value,
+        **({"ce_weight": config.ce_weight} if objective is Objective.KL_CE else {}),
         "init": args.init,
         "store_dtype": args.store_dtype,
     }

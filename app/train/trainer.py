@@ -63,6 +63,9 @@ class TrainConfig:
     patience: int = 3  # validations without improvement before stopping
     max_tokens: int = 512  # longer examples are skipped (and counted)
     seed: int = 0
+    # kl+ce: the text cross-entropy's weight beside the KL's 1. Per token the CE (~1-2 nats) dwarfs
+    # the KL (~0.1), so at 1 the text sets the direction; below 1 the teacher gets more say.
+    ce_weight: float = 1.0
     progress: bool = True
 
     def validate(self) -> None:
@@ -73,6 +76,10 @@ class TrainConfig:
             raise ValueError(f"steps must be at least 1, got {self.max_steps}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.ce_weight) and self.ce_weight > 0):
+            raise ValueError(f"ce_weight must be a positive number, got {self.ce_weight}")
+        if self.ce_weight != 1.0 and self.objective is not Objective.KL_CE:
+            raise ValueError(f"ce_weight applies to the kl+ce objective only, not {self.objective}")
         if not self.val_split >= 0 or (
             self.val_split >= 1 and self.val_split != int(self.val_split)
         ):
@@ -147,7 +154,7 @@ class Loss:
     base: FrozenModel
     pad_id: int
     teacher: Teacher | None = None
-    text: bool = False  # add the answer text's cross-entropy to the KL (Objective.KL_CE)
+    ce_weight: float = 0.0  # add the answer text's cross-entropy, so weighted, to the KL (KL_CE)
 
     def summed(self, model: PeftModel, rows: Sequence[Encoded]) -> tuple[torch.Tensor, int]:
         """The loss summed over the rows' target tokens, and how many there are."""
@@ -163,8 +170,9 @@ class Loss:
         if target.shape != student.shape:
             raise ValueError("teacher and student rows do not share their answer tokens")
         per = kl_divergence(target, student)  # [N]
-        if self.text:
-            per = per - torch.log_softmax(student.float(), -1).gather(-1, ids[:, None])[:, 0]
+        if self.ce_weight:
+            ce = -torch.log_softmax(student.float(), -1).gather(-1, ids[:, None])[:, 0]  # [N]
+            per = per + self.ce_weight * ce
         return per.sum(), int(student.shape[0])
 
 
@@ -216,7 +224,8 @@ def train(
         raise ValueError(f"need at least 2 usable examples, got {len(rows)} ({skipped} too long)")
     train_rows, val_rows = _split(rows, config.val_split, rng)
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
-    objective = Loss(base, pad_id, teacher, text=config.objective is Objective.KL_CE)
+    ce_weight = config.ce_weight if config.objective is Objective.KL_CE else 0.0
+    objective = Loss(base, pad_id, teacher, ce_weight=ce_weight)
     model = trainable_model(base, config.kind, config.virtual_tokens, config.init)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr or DEFAULT_LR[config.kind], weight_decay=0.0)
