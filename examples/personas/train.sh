@@ -12,7 +12,7 @@
 # Usage: bash examples/personas/train.sh   (on 2 CPU cores ~15 min of teacher sampling a persona,
 # then 30-50 min of KL training). The shipped prompts (README, "Personas"):
 #   MORE=1200 TOKENS=48 PERSONAS=pirate
-#   MORE=1400 TOKENS=48 OBJECTIVE=kl+ce PERSONAS=terse-expert
+#   MORE=1000 TOKENS=48 PERSONAS=terse-expert                  (twelve example dialogues)
 #   TOKENS=48 STEPS=500 PERSONAS=kind-teacher                  (then more.sh)
 set -euo pipefail
 here=$(dirname "$0")
