@@ -103,7 +103,7 @@ def train_command(args: argparse.Namespace) -> int:
         "data": args.data.name,
         "virtual_tokens": args.virtual_tokens,
         "objective": objective.value,
-        **({"ce_weight": config.ce_weight} if objective is Objective.KL_CE else {}),
+        **({"ce_weight": config.text_weight} if config.text_weight else {}),
         "init": args.init,
         "store_dtype": args.store_dtype,
     }

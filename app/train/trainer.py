@@ -68,6 +68,12 @@ class TrainConfig:
     ce_weight: float = 1.0
     progress: bool = True
 
+    @property
+    def text_weight(self) -> float:
+        """What the text cross-entropy adds to the KL per answer token: ce_weight under kl+ce,
+        nothing under the other objectives (validate() keeps ce_weight at 1 there)."""
+        return self.ce_weight if self.objective is Objective.KL_CE else 0.0
+
     def validate(self) -> None:
         for name in ("virtual_tokens", "epochs", "batch_size", "patience", "max_tokens"):
             if getattr(self, name) < 1:
@@ -224,8 +230,7 @@ def train(
         raise ValueError(f"need at least 2 usable examples, got {len(rows)} ({skipped} too long)")
     train_rows, val_rows = _split(rows, config.val_split, rng)
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
-    ce_weight = config.ce_weight if config.objective is Objective.KL_CE else 0.0
-    objective = Loss(base, pad_id, teacher, ce_weight=ce_weight)
+    objective = Loss(base, pad_id, teacher, ce_weight=config.text_weight)
     model = trainable_model(base, config.kind, config.virtual_tokens, config.init)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr or DEFAULT_LR[config.kind], weight_decay=0.0)
