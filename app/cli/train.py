@@ -47,7 +47,10 @@ def add_commands(sub: Any) -> None:
     )
     t.add_argument("--virtual-tokens", type=int, default=20)
     t.add_argument(
-        "--init", default="random", help='text:"...", random, vocab or from:FOLDER (go on training)'
+        "--init",
+        default="random",
+        help='text:"...", random, vocab, from:FOLDER (go on training) or teacher (prefix, with '
+        "--distill-from: the teacher's context compressed to --virtual-tokens rows)",
     )
     t.add_argument("--epochs", type=int, default=3, help="passes over the data (default 3)")
     t.add_argument("--steps", type=int, help="train this many steps instead (cycles the data)")

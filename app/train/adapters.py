@@ -29,12 +29,13 @@ class InitKind(StrEnum):
     RANDOM = "random"
     VOCAB = "vocab"  # embeddings of random vocabulary tokens (prompt only)
     FROM = "from"  # the table of a saved soft prompt of the same kind: training goes on from it
+    TEACHER = "teacher"  # the distillation teacher's context, compressed (prefix; compress.py)
 
 
 _INITS = {
     PromptKind.PROMPT_TUNING: (InitKind.TEXT, InitKind.RANDOM, InitKind.VOCAB, InitKind.FROM),
     PromptKind.P_TUNING: (InitKind.RANDOM,),  # the encoder MLP reshapes whatever it starts from
-    PromptKind.PREFIX_TUNING: (InitKind.TEXT, InitKind.RANDOM, InitKind.FROM),
+    PromptKind.PREFIX_TUNING: (InitKind.TEXT, InitKind.RANDOM, InitKind.FROM, InitKind.TEACHER),
 }
 
 
@@ -42,18 +43,19 @@ _INITS = {
 class PromptInit:
     kind: InitKind
     text: str | None = None  # TEXT: the text; FROM: the saved prompt's folder
-    # FROM: its table [P, width], once read (a tensor: kept out of == and repr)
+    # FROM / TEACHER: the table [P, width] to start from, once read or compressed (a tensor:
+    # kept out of == and repr)
     table: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def parse(cls, value: str) -> PromptInit:
-        """'text:Classify the sentiment', 'random', 'vocab' or 'from:prompts/my-task'."""
+        """'text:Classify the sentiment', 'random', 'vocab', 'from:prompts/my-task' or 'teacher'."""
         name, sep, text = value.partition(":")
         try:
             kind = InitKind(name)
         except ValueError:
             raise ValueError(
-                f'--init {value!r}: expected text:"...", random, vocab or from:FOLDER'
+                f'--init {value!r}: expected text:"...", random, vocab, from:FOLDER or teacher'
             ) from None
         if (kind in (InitKind.TEXT, InitKind.FROM)) != bool(sep and text):
             raise ValueError(
@@ -127,11 +129,12 @@ def _initialise(model: PeftModel, base: FrozenModel, kind: PromptKind, init: Pro
             words: torch.Tensor = embed.weight
             picks = torch.randint(0, int(words.shape[0]), (int(table.shape[0]),))
             table.copy_(words[picks.to(words.device)])
-        elif init.kind is InitKind.FROM:
+        elif init.kind in (InitKind.FROM, InitKind.TEACHER):
             if init.table is None or init.table.shape != table.shape:
                 got = None if init.table is None else tuple(init.table.shape)
+                name = f"from:{init.text}" if init.kind is InitKind.FROM else "teacher"
                 raise ValueError(
-                    f"--init from:{init.text}: its table is {got}, this prompt needs "
+                    f"--init {name}: its table is {got}, this prompt needs "
                     f"{tuple(table.shape)} (same kind and --virtual-tokens)"
                 )
             table.copy_(init.table.to(table.dtype))

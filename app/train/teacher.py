@@ -59,7 +59,8 @@ def build_teacher(base: FrozenModel, context: Sequence[ChatMessage], name: str) 
     return Teacher(context=context, context_ids=ids, prompt=prompt)
 
 
-def _cache(base: FrozenModel, teacher: Teacher, batch: int) -> DynamicCache:
+def context_cache(base: FrozenModel, teacher: Teacher, batch: int) -> DynamicCache:
+    """The context's key/values as a model cache, repeated for `batch` rows."""
     spec = base.spec
     p = len(teacher.context_ids)
     kv = teacher.prompt.table.view(p, spec.num_layers, 2, spec.num_kv_heads, spec.head_dim)
@@ -75,5 +76,5 @@ def _cache(base: FrozenModel, teacher: Teacher, batch: int) -> DynamicCache:
 def teacher_logits(base: FrozenModel, teacher: Teacher, batch: Batch) -> torch.Tensor:
     """[N, V] the teacher's logits at every target-predicting position, row by row in order
     (the order `target_logits` gives the student's: the same answer tokens, after other ids)."""
-    cache = _cache(base, teacher, int(batch.input_ids.shape[0]))
+    cache = context_cache(base, teacher, int(batch.input_ids.shape[0]))
     return target_logits(base.model, batch, 0, cache)

@@ -15,6 +15,7 @@ import torch
 from app.model.kinds import PromptKind
 from app.model.loader import FrozenModel
 from app.train.adapters import InitKind, PromptInit, prepends_embeddings, trainable_model
+from app.train.compress import attention_to_context, compress_context
 from app.train.data import ChatExample, Example
 from app.train.encode import Encoded, collate, encode
 from app.train.scoring import kl_divergence, score_targets, target_logits_and_ids
@@ -95,6 +96,11 @@ class TrainConfig:
         if self.template is not None and "{input}" not in self.template:
             raise ValueError(f"template {self.template!r} must contain {{input}}")
         self.init.check(self.kind)
+        if self.init.kind is InitKind.TEACHER and not self.objective.distills:
+            raise ValueError(
+                "--init teacher compresses the distillation teacher's context: it needs "
+                "--distill-from and the kl or kl+ce objective"
+            )
 
 
 @dataclass(frozen=True)
@@ -231,7 +237,13 @@ def train(
     train_rows, val_rows = _split(rows, config.val_split, rng)
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
     objective = Loss(base, pad_id, teacher, ce_weight=config.text_weight)
-    model = trainable_model(base, config.kind, config.virtual_tokens, config.init)
+    init = config.init
+    if init.kind is InitKind.TEACHER and teacher is not None:
+        # What the answers read, measured on (at most) the first 64 training chats.
+        reads = [r.teacher for r in train_rows[:64] if r.teacher is not None]
+        scores = attention_to_context(base, teacher, reads, config.batch_size)
+        init = replace(init, table=compress_context(base, teacher, scores, config.virtual_tokens))
+    model = trainable_model(base, config.kind, config.virtual_tokens, init)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr or DEFAULT_LR[config.kind], weight_decay=0.0)
     per_epoch = math.ceil(len(train_rows) / config.batch_size)

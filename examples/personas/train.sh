@@ -8,6 +8,7 @@
 # 3. eval.py compares soft prompt / long prompt / bare model on held-out questions (forms and
 #    topics the training never saw).
 # MORE=N samples N more teacher answers from a second question draw (--seed 1) and trains on both.
+# INIT=teacher starts from the teacher's own context compressed (default: the system prompt's text).
 # OBJECTIVE=kl+ce adds the kept answers' cross-entropy, CE_WEIGHT=W times (default 1), to the KL.
 # Usage: bash examples/personas/train.sh   (on 2 CPU cores ~15 min of teacher sampling a persona,
 # then 30-50 min of KL training). The shipped prompts (README, "Personas"):
@@ -38,7 +39,7 @@ for persona in ${PERSONAS:-pirate terse-expert kind-teacher}; do
   fi
   softserve train --kind prefix --task "$persona" --data "$data" \
     --distill-from "@$system" --objective "$objective" --ce-weight "${CE_WEIGHT:-1}" \
-    --init "text:$(cat "$system")" --virtual-tokens "$tokens" --steps "$steps" --batch-size 8 \
+    --init "${INIT:-text:$(cat "$system")}" --virtual-tokens "$tokens" --steps "$steps" --batch-size 8 \
     --val-split 40 --eval-every 50 --patience 3 \
     --defaults '{"temperature": 0.7, "top_p": 0.9, "max_tokens": 128}' \
     --store-dtype "${STORE_DTYPE:-float16}" \
