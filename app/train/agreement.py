@@ -12,7 +12,7 @@ from app.model.loader import FrozenModel
 from app.model.soft_prompt import SoftPrompt
 from app.train.adapters import inference_model, prepends_embeddings
 from app.train.data import ChatExample
-from app.train.encode import collate, encode_chat
+from app.train.encode import collate, encode_chat, pad_id
 from app.train.scoring import kl_divergence, target_logits
 from app.train.teacher import Teacher, teacher_logits
 
@@ -34,7 +34,7 @@ def agreement(
 ) -> Agreement:
     """`subject`: another context (a Teacher), a soft prompt, or None for the bare model."""
     tok = base.tokenizer
-    pad = int(tok.pad_token_id) if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     model = None if isinstance(subject, Teacher) else inference_model(base, subject)
     hits, kl, count = 0, 0.0, 0
     for start in range(0, len(chats), batch_size):

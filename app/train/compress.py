@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from app.model.loader import FrozenModel
-from app.train.encode import Encoded, collate
+from app.train.encode import Encoded, collate, pad_id
 from app.train.teacher import Teacher, context_cache
 
 SINKS = 4  # the first context positions are kept in every head: attention parks on them
@@ -32,7 +32,7 @@ def attention_to_context(
     spec = base.spec
     model: Any = base.model
     context = len(teacher.context_ids)
-    pad = int(base.tokenizer.pad_token_id or 0)
+    pad = pad_id(base.tokenizer)
     scores = torch.zeros(spec.num_layers, spec.num_kv_heads, context)
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")  # sdpa does not hand back attention weights

@@ -73,6 +73,12 @@ def encode(
     return encoded if len(encoded.ids) <= max_tokens else None
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else 0 (masked out anyway)."""
+    pad = tokenizer.pad_token_id
+    return int(pad) if pad is not None else 0
+
+
 def collate(rows: list[Encoded], pad_id: int) -> Batch:
     width = max(len(r.ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -18,7 +18,7 @@ from app.model.soft_prompt import SoftPrompt
 from app.render import TaskStyle, chat_ids, render_completion, with_system_prompt
 from app.train.adapters import inference_model, prepends_embeddings
 from app.train.data import ChatExample, Example, TextExample
-from app.train.encode import Encoded, collate, encode
+from app.train.encode import Encoded, collate, encode, pad_id
 from app.train.scoring import score_targets
 
 
@@ -83,7 +83,7 @@ def _sequence_scores(
     ]
     scores = torch.empty(len(rows))
     for start in range(0, len(rows), batch_size):
-        chunk = collate(rows[start : start + batch_size], _pad_id(base))
+        chunk = collate(rows[start : start + batch_size], pad_id(base.tokenizer))
         scores[start : start + batch_size] = score_targets(model, chunk, offset).per_row().cpu()
     return scores.view(len(prompts), len(labels))
 
@@ -97,7 +97,9 @@ def _last_token_scores(
     scores = torch.empty(len(prompts), len(labels))
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        batch = collate([Encoded(tuple(p), (False,) * len(p)) for p in chunk], _pad_id(base))
+        batch = collate(
+            [Encoded(tuple(p), (False,) * len(p)) for p in chunk], pad_id(base.tokenizer)
+        )
         last = batch.attention_mask.sum(dim=1) - 1  # [B] each row's last real position
         out = model(
             input_ids=batch.input_ids.to(model.device),
@@ -191,7 +193,7 @@ def _greedy(base: FrozenModel, model: Any, prompt: list[int], max_new_tokens: in
         max_new_tokens=max_new_tokens,
         do_sample=False,
         eos_token_id=list(base.spec.eos_token_ids),
-        pad_token_id=_pad_id(base),
+        pad_token_id=pad_id(base.tokenizer),
     )
     return [int(t) for t in out[0, len(prompt) :]]
 
@@ -232,7 +234,7 @@ def generate_and_score(
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             scores = score_targets(
-                model, collate(rows[start : start + batch_size], _pad_id(base)), offset
+                model, collate(rows[start : start + batch_size], pad_id(base.tokenizer)), offset
             )
             nll -= float((scores.logprobs * scores.mask).sum())
             hits += int((scores.top1 & scores.mask).sum())
@@ -244,8 +246,3 @@ def generate_and_score(
         token_accuracy=hits / max(count, 1),
         mean_token_loss=nll / max(count, 1),
     )
-
-
-def _pad_id(base: FrozenModel) -> int:
-    pad = base.tokenizer.pad_token_id
-    return int(pad) if pad is not None else 0

@@ -17,7 +17,7 @@ from app.model.loader import FrozenModel
 from app.train.adapters import InitKind, PromptInit, prepends_embeddings, trainable_model
 from app.train.compress import attention_to_context, compress_context
 from app.train.data import ChatExample, Example
-from app.train.encode import Encoded, collate, encode
+from app.train.encode import Encoded, collate, encode, pad_id
 from app.train.scoring import kl_divergence, score_targets, target_logits_and_ids
 from app.train.teacher import Teacher, teacher_logits
 from peft import PeftModel
@@ -235,8 +235,7 @@ def train(
     if len(rows) < 2:
         raise ValueError(f"need at least 2 usable examples, got {len(rows)} ({skipped} too long)")
     train_rows, val_rows = _split(rows, config.val_split, rng)
-    pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
-    objective = Loss(base, pad_id, teacher, ce_weight=config.text_weight)
+    objective = Loss(base, pad_id(base.tokenizer), teacher, ce_weight=config.text_weight)
     init = config.init
     if init.kind is InitKind.TEACHER and teacher is not None:
         # What the answers read, measured on (at most) the first 64 training chats.
