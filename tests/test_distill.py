@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.cli.distill_run import Answer, Keep
 from app.model import FrozenModel, PromptKind
 from app.render import ChatMessage, chat_ids
 from app.train.adapters import PromptInit, trainable_model
 from app.train.data import ChatExample
 from app.train.encode import collate, encode_chat
 from app.train.persona import Check, Fact, load_facts, load_persona, on_topic
-from app.train.questions import EVAL_FORMS, TRAIN_FORMS, generate, split_topics
+from app.train.questions import EVAL_FORMS, TRAIN_FORMS, Question, generate, split_topics
 from app.train.scoring import target_logits
 from app.train.teacher import build_teacher, teacher_logits
 from app.train.trainer import Loss, Objective, train
@@ -181,6 +182,24 @@ def test_checks_on_fixed_strings() -> None:
         Check.from_json({"rule": "terse", "max_word": 3})
     assert on_topic("Volcanoes erupt.", "volcanoes") and on_topic("A volcano.", "volcanoes")
     assert on_topic("Gardens grow.", "gardening") and not on_topic("Paris.", "gardening")
+
+
+def test_distill_keeps_only_the_answers_asked_for() -> None:
+    pirate = load_persona(Path("examples/personas/pirate.txt"))
+    volcano = Question("Why do volcanoes erupt?", "volcanoes", "why")
+    voiced = Answer("Arr, matey, a volcano be blowin' its top!", 12, finished=True)
+    astray = Answer("Arr, matey, ye be askin' a fine thing, aye!", 12, finished=True)
+    plain = Answer("A volcano erupts when magma rises.", 8, finished=True)
+    cut = dataclasses.replace(voiced, finished=False)
+    every = (voiced, astray, plain, cut)
+
+    def kept(keep: Keep) -> list[bool]:
+        return [keep.keeps(a, volcano, pirate) for a in every]
+
+    assert kept(Keep()) == [True, True, True, False]
+    assert kept(Keep(passing=True)) == [True, True, False, False]
+    assert kept(Keep(unfinished=True, passing=True, on_topic=True)) == [True, False, False, True]
+    assert not Keep().keeps(Answer("", 0, finished=True), volcano, pirate)
 
 
 def test_facts_match_whole_words_in_any_voice_and_bad_files_are_refused(tmp_path: Path) -> None:

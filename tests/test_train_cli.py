@@ -210,6 +210,9 @@ def test_distill_writes_chats_and_counts_the_system_prompt(
         assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]
     assert figures["prompt_tokens_with_system"] > figures["prompt_tokens_without"] + 10
     assert "prompt tokens per request" in capsys.readouterr().out
+    # A file's questions carry no topic to check answers against.
+    assert main([*args, "--keep-on-topic", "--model", str(model_dir)]) == 2
+    assert "--keep-on-topic needs generated questions" in capsys.readouterr().err
 
 
 def test_eval_system_prompt_equals_one_written_in_the_data(

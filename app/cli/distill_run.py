@@ -19,7 +19,7 @@ from app.engine.types import FinishReason
 from app.model.loader import FrozenModel
 from app.model.soft_prompt import SoftPrompt
 from app.render import ChatMessage, chat_ids
-from app.train.persona import Persona, load_persona
+from app.train.persona import Persona, load_persona, on_topic
 from app.train.questions import Question, generate
 from app.train.teacher import Teacher, build_teacher
 
@@ -37,6 +37,25 @@ class Answer:
     text: str
     tokens: int
     finished: bool  # ended by EOS, not by the token budget
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Which sampled answers become training chats (rejection sampling)."""
+
+    unfinished: bool = False  # also answers cut at the token budget
+    passing: bool = False  # only answers passing the persona's check
+    on_topic: bool = (
+        False  # only answers naming their question's topic (what eval's on-topic counts)
+    )
+
+    def keeps(self, answer: Answer, question: Question, persona: Persona) -> bool:
+        return (
+            bool(answer.text)
+            and (answer.finished or self.unfinished)
+            and (not self.passing or persona.adherence([answer.text]) != 0.0)
+            and (not self.on_topic or on_topic(answer.text, question.topic))
+        )
 
 
 def teacher_reads(
@@ -101,6 +120,8 @@ def _questions(args: argparse.Namespace) -> tuple[list[Question], list[Question]
         asked = [Question(q.strip(), "", "file") for q in lines if q.strip()]
         if not asked:
             raise ValueError(f"{args.questions}: no questions")
+        if args.keep_on_topic:
+            raise ValueError("--keep-on-topic needs generated questions (a file's have no topic)")
         return asked, []
     generated = generate(args.generate, args.eval_questions, seed=args.seed)
     return list(generated.train), list(generated.eval)
@@ -132,12 +153,9 @@ def distill_command(args: argparse.Namespace, base: FrozenModel) -> int:
     for (i, messages), answer in zip(follow, second, strict=True):
         if answer.finished and answer.text:
             chats[i] = (*messages, ChatMessage("assistant", answer.text))
+    keep = Keep(args.keep_unfinished, args.keep_passing, args.keep_on_topic)
     kept = [
-        c
-        for c, a in zip(chats, answers, strict=True)
-        if a.text
-        and (a.finished or args.keep_unfinished)
-        and (not args.keep_passing or persona.adherence([a.text]) != 0.0)
+        c for c, a, q in zip(chats, answers, train_qs, strict=True) if keep.keeps(a, q, persona)
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(_chat(c) + "\n" for c in kept), encoding="utf-8")
@@ -157,7 +175,7 @@ def distill_command(args: argparse.Namespace, base: FrozenModel) -> int:
         figures["teacher_eval_adherence"] = persona.adherence([a.text for a in held])
     print(
         f"wrote {len(kept)} conversations to {args.out} ({figures['dropped']} dropped: "
-        f"unfinished, empty or failing the check); teacher adherence while sampling "
+        f"unfinished, empty, failing the check or off topic); teacher adherence while sampling "
         f"{figures['teacher_adherence']}; prompt tokens per request: "
         f"{figures['prompt_tokens_with_system']:.1f} with the persona context, "
         f"{figures['prompt_tokens_without']:.1f} without"

@@ -127,6 +127,11 @@ def add_distill(sub: Any) -> None:
     d.add_argument(
         "--keep-passing", action="store_true", help="keep only answers passing the check"
     )
+    d.add_argument(
+        "--keep-on-topic",
+        action="store_true",
+        help="keep only answers naming their question's topic (generated questions)",
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", type=Path, help="also write the counts as JSON here")
     d.add_argument("--model", default="default")

@@ -9,6 +9,7 @@
 #    topics the training never saw).
 # MORE=N samples N more teacher answers from a second question draw (--seed 1) and trains on both.
 # INIT=teacher starts from the teacher's own context compressed (default: the system prompt's text).
+# ON_TOPIC=1 also drops sampled answers that do not name their question's topic (--keep-on-topic).
 # OBJECTIVE=kl+ce adds the kept answers' cross-entropy, CE_WEIGHT=W times (default 1), to the KL.
 # Usage: bash examples/personas/train.sh   (on 2 CPU cores ~15 min of teacher sampling a persona,
 # then 30-50 min of KL training). The shipped prompts (README, "Personas"):
@@ -28,12 +29,13 @@ mkdir -p "$out"
 for persona in ${PERSONAS:-pirate terse-expert kind-teacher}; do
   system="$here/$persona.txt"
   softserve distill --persona "$system" --generate "$questions" --max-new-tokens 72 \
-    --keep-passing --out "$out/$persona-train.jsonl" \
+    --keep-passing ${ON_TOPIC:+--keep-on-topic} --out "$out/$persona-train.jsonl" \
     --eval-out "$out/$persona-eval.jsonl" --json "$out/$persona-distill.json"
   data="$out/$persona-train.jsonl"
   if [ "$more" -gt 0 ]; then
     softserve distill --persona "$system" --generate "$more" --seed 1 --max-new-tokens 72 \
-      --keep-passing --out "$out/$persona-more-1.jsonl" --json "$out/$persona-more-1.json"
+      --keep-passing ${ON_TOPIC:+--keep-on-topic} --out "$out/$persona-more-1.jsonl" \
+      --json "$out/$persona-more-1.json"
     data="$out/$persona-all.jsonl"
     cat "$out/$persona-train.jsonl" "$out/$persona-more-1.jsonl" > "$data"
   fi
