@@ -182,6 +182,9 @@ def test_checks_on_fixed_strings() -> None:
         Check.from_json({"rule": "terse", "max_word": 3})
     assert on_topic("Volcanoes erupt.", "volcanoes") and on_topic("A volcano.", "volcanoes")
     assert on_topic("Gardens grow.", "gardening") and not on_topic("Paris.", "gardening")
+    # A four-letter plural names its topic in the singular too, but not as the start of a word.
+    assert on_topic("A cow is a big animal.", "cows") and on_topic("Owls hunt.", "owls")
+    assert not on_topic("Take care of the card.", "cars") and not on_topic("A cow.", "cowboys")
 
 
 def test_distill_keeps_only_the_answers_asked_for() -> None:
