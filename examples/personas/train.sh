@@ -13,7 +13,7 @@
 # OBJECTIVE=kl+ce adds the kept answers' cross-entropy, CE_WEIGHT=W times (default 1), to the KL.
 # Usage: bash examples/personas/train.sh   (on 2 CPU cores ~15 min of teacher sampling a persona,
 # then 30-50 min of KL training). The shipped prompts (README, "Personas"):
-#   MORE=1000 TOKENS=48 INIT=teacher PERSONAS=pirate             (twelve example dialogues)
+#   MORE=1000 TOKENS=48 INIT=teacher ON_TOPIC=1 OBJECTIVE=kl+ce PERSONAS=pirate  (twelve dialogues)
 #   MORE=1000 TOKENS=48 INIT=teacher PERSONAS=terse-expert       (twelve example dialogues)
 #   TOKENS=48 STEPS=500 PERSONAS=kind-teacher                  (then more.sh)
 set -euo pipefail
