@@ -201,7 +201,7 @@ def test_distill_keeps_only_the_answers_asked_for() -> None:
 
     assert kept(Keep()) == [True, True, True, False]
     assert kept(Keep(passing=True)) == [True, True, False, False]
-    assert kept(Keep(unfinished=True, passing=True, on_topic=True)) == [True, False, False, True]
+    assert kept(Keep(unfinished=True, passing=True, topical=True)) == [True, False, False, True]
     assert not Keep().keeps(Answer("", 0, finished=True), volcano, pirate)
 
 

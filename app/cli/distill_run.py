@@ -45,16 +45,14 @@ class Keep:
 
     unfinished: bool = False  # also answers cut at the token budget
     passing: bool = False  # only answers passing the persona's check
-    on_topic: bool = (
-        False  # only answers naming their question's topic (what eval's on-topic counts)
-    )
+    topical: bool = False  # only answers naming their question's topic (eval's on-topic rule)
 
     def keeps(self, answer: Answer, question: Question, persona: Persona) -> bool:
         return (
             bool(answer.text)
             and (answer.finished or self.unfinished)
             and (not self.passing or persona.adherence([answer.text]) != 0.0)
-            and (not self.on_topic or on_topic(answer.text, question.topic))
+            and (not self.topical or on_topic(answer.text, question.topic))
         )
 
 
