@@ -118,8 +118,6 @@ def _questions(args: argparse.Namespace) -> tuple[list[Question], list[Question]
         asked = [Question(q.strip(), "", "file") for q in lines if q.strip()]
         if not asked:
             raise ValueError(f"{args.questions}: no questions")
-        if args.keep_on_topic:
-            raise ValueError("--keep-on-topic needs generated questions (a file's have no topic)")
         return asked, []
     generated = generate(args.generate, args.eval_questions, seed=args.seed)
     return list(generated.train), list(generated.eval)

@@ -244,4 +244,6 @@ def distill_command(args: argparse.Namespace) -> int:
 
     if args.persona is None and not read_text_arg(args.system_prompt).strip():
         raise ValueError("distill needs a non-empty system prompt")
+    if args.questions and args.keep_on_topic:
+        raise ValueError("--keep-on-topic needs generated questions (a file's have no topic)")
     return run(args, _base(args))

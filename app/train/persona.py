@@ -108,20 +108,22 @@ class Check:
         return _phrase_hits(first, self.praise) > 0 and _phrase_hits(first, self.subject) > 0
 
 
-def _names(said: str, topic_word: str) -> bool:
-    """An answer's word names a topic word: it starts with the topic word's stem (the word less
-    up to three letters, four at least: "volcanoes" -> "volcan"), or it is the topic word's
-    singular ("cows" -> "cow", too short to have a stem of its own)."""
+def _forms(topic_word: str) -> tuple[str, str]:
+    """What names a topic word: a word starting with its stem (the word less up to three
+    letters, four at least: "volcanoes" -> "volcan"), or its singular as a whole word ("cows" ->
+    "cow", too short to have a stem of its own; "" when it is no plural)."""
     singular = topic_word[:-1] if topic_word.endswith("s") and not topic_word.endswith("ss") else ""
-    return said.startswith(topic_word[: max(4, len(topic_word) - 3)]) or said == singular
+    return topic_word[: max(4, len(topic_word) - 3)], singular
 
 
 def on_topic(answer: str, topic: str) -> bool:
     """The answer addresses the question: it names the topic (a word of 4+ letters of it, by
     its stem, so "volcanoes" matches "volcano", "gardening" "garden" and "cows" "cow")."""
-    keys = [w for w in words(topic) if len(w) >= 4]
+    forms = [_forms(w) for w in words(topic) if len(w) >= 4]
     said = words(answer)
-    return any(_names(w, k) for k in keys for w in said) if keys else True
+    return (
+        any(w.startswith(stem) or w == one for stem, one in forms for w in said) if forms else True
+    )
 
 
 @dataclass(frozen=True)
