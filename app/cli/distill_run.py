@@ -51,7 +51,7 @@ class Keep:
         return (
             bool(answer.text)
             and (answer.finished or self.unfinished)
-            and (not self.passing or persona.adherence([answer.text]) != 0.0)
+            and (not self.passing or persona.check is None or persona.check.passes(answer.text))
             and (not self.topical or on_topic(answer.text, question.topic))
         )
 
