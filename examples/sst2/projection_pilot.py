@@ -12,17 +12,18 @@ the registry serves. Prints dev accuracy by the eval command's rule (`classify`)
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, PrefixTuningConfig, get_peft_model
+from peft import PeftModel, PrefixTuningConfig
 
 from app.model.kinds import PromptKind
 from app.model.loader import FrozenModel, load_base_model
 from app.model.soft_prompt import SoftPrompt
 from app.settings import Settings
-from app.train import trainer
+from app.train import adapters, trainer
 from app.train.adapters import PromptInit
 from app.train.data import Columns, TextExample, load_examples, parse_label_map
 from app.train.evaluate import Subject, classify
@@ -44,18 +45,13 @@ def main() -> None:
 
     def projected(
         base: FrozenModel, kind: PromptKind, virtual_tokens: int, init: PromptInit
-    ) -> Any:
-        spec = base.spec
-        config = PrefixTuningConfig(
-            task_type="CAUSAL_LM",
-            num_virtual_tokens=virtual_tokens,
-            num_layers=spec.num_layers,
-            token_dim=spec.kv_dim,
-            num_attention_heads=spec.num_kv_heads,
-            prefix_projection=True,
-            encoder_hidden_size=args.hidden,
+    ) -> PeftModel:
+        # The trainer's own prefix config, with PEFT's MLP switched on (nothing else differs).
+        plain = adapters._config(base, kind, virtual_tokens, inference=False)
+        assert isinstance(plain, PrefixTuningConfig)
+        return adapters._wrap(
+            base, replace(plain, prefix_projection=True, encoder_hidden_size=args.hidden)
         )
-        return get_peft_model(base.model, config)
 
     trainer.trainable_model = projected  # the one difference from `softserve train --kind prefix`
     labels = parse_label_map(LABELS)
@@ -75,7 +71,7 @@ def main() -> None:
     model: PeftModel = trained.model
     encoder: Any = model.prompt_encoder["default"]
     with torch.no_grad():  # the encoder's output is what PEFT itself saves for a projected prefix
-        table = encoder(torch.arange(args.virtual_tokens, device=base.device)).detach()
+        table = encoder(torch.arange(args.virtual_tokens, device=base.device))  # [P, L*2*kv_dim]
     report = trained.report
     print(
         f"{report.steps} steps in {report.seconds:.0f} s, best validation loss "
