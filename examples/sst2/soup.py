@@ -1,0 +1,105 @@
+"""SST-2: average the key/value tables of prefix prompts trained from the same init ("model
+soup", Wortsman et al. 2022) and score the average on dev by the eval command's rule.
+
+Prompts trained from one init (here the same text init, different seeds: different shuffles and
+validation splits) tend to stay in one basin, where the mean of their weights can beat each of
+them. The average is one table of the same shape, so it is served like any other prompt: with
+--out it is written into a registry folder (validated and atomic, as `softserve train` writes),
+its task.json the first prompt's plus a record of the soup.
+
+    python examples/sst2/soup.py --prompt prompts/sst2-sentiment --prompt runs/soup1/sst2-prefix-seed1 \
+        [--out runs/soup --task sst2-soup]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from app.model.loader import load_base_model
+from app.model.soft_prompt import SoftPrompt
+from app.model.spec import ModelSpec
+from app.registry.entry import PromptEntry, PromptFiles, build_entry
+from app.registry.peft_format import Limits
+from app.registry.store import Registry, read_prompt_folder
+from app.settings import Settings
+from app.train.data import Columns, TextExample, load_examples, parse_label_map
+from app.train.evaluate import Subject, classify
+
+LABELS = "0=negative,1=positive"
+
+
+def _entry(folder: Path, spec: ModelSpec) -> tuple[PromptFiles, PromptEntry]:
+    """A prompt folder, read and validated as the server reads it."""
+    files = read_prompt_folder(folder, Limits())
+    entry = build_entry(folder.name, files, spec=spec, limits=Limits(), version=1, created=0.0)
+    return files, entry
+
+
+def average(entries: list[tuple[PromptFiles, PromptEntry]]) -> tuple[bytes, torch.Tensor]:
+    """The element-wise mean of the prompts' tensors: (safetensors bytes, the served table)."""
+    configs = {json.loads(files.adapter_config)["peft_type"] for files, _ in entries}
+    shapes = {tuple(entry.soft_prompt.table.shape) for _, entry in entries}
+    if len(configs) != 1 or len(shapes) != 1:
+        raise SystemExit(f"only prompts of one kind and shape average: {configs}, {shapes}")
+    tensors = [load_safetensors(files.adapter_model) for files, _ in entries]
+    keys = set(tensors[0])
+    if any(set(t) != keys for t in tensors):
+        raise SystemExit("the prompts' tensor files hold different keys")
+    mean = {k: torch.stack([t[k].float() for t in tensors]).mean(0).contiguous() for k in keys}
+    table = torch.stack([e.soft_prompt.table for _, e in entries]).mean(0)  # [P, L*2*kv_dim]
+    return save_safetensors(mean, metadata={"format": "pt"}), table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompt", type=Path, action="append", required=True, help="a folder")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/sst2/dev.tsv"))
+    parser.add_argument("--out", type=Path, help="registry folder to write the average into")
+    parser.add_argument("--task", default="sst2-soup")
+    args = parser.parse_args()
+    settings = Settings()
+    base = load_base_model(settings.model, device=settings.device, cache_dir=settings.cache_dir)
+    entries = [_entry(folder, base.spec) for folder in args.prompt]
+    labels = parse_label_map(LABELS)
+    dev = load_examples(args.data, Columns("content", "label", labels))
+    texts = [e for e in dev if isinstance(e, TextExample)]
+    names = [text for _, text in labels]
+    first = entries[0][1]
+    for folder, (_, entry) in zip(args.prompt, entries, strict=True):
+        result = classify(base, Subject(entry.soft_prompt, first.meta.template), texts, names)
+        print(f"{folder}: dev accuracy {result.accuracy:.3f} ({result.correct}/{result.total})")
+    data, table = average(entries)
+    prompt = SoftPrompt(key="soup", kind=first.kind, table=table)
+    result = classify(base, Subject(prompt, first.meta.template), texts, names)
+    print(
+        f"average of {len(entries)}: dev accuracy {result.accuracy:.3f} "
+        f"({result.correct}/{result.total}): {result.classes}"
+    )
+    if args.out:
+        task = json.loads(entries[0][0].task or b"{}")
+        task.setdefault("info", {})["soup"] = {
+            "of": [str(p) for p in args.prompt],
+            "evaluation": {
+                "data": args.data.name,
+                "examples": result.total,
+                "accuracy": round(result.accuracy, 3),
+            },
+        }
+        files = PromptFiles(
+            adapter_config=entries[0][0].adapter_config,
+            adapter_model=data,
+            task=(json.dumps(task, indent=2) + "\n").encode(),
+        )
+        args.out.mkdir(parents=True, exist_ok=True)
+        Registry(args.out, base.spec).put(args.task, files)
+        print(f"wrote {args.out / args.task}")
+
+
+if __name__ == "__main__":
+    main()
