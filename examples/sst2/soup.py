@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,7 +23,6 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from app.model.loader import load_base_model
-from app.model.soft_prompt import SoftPrompt
 from app.model.spec import ModelSpec
 from app.registry.entry import PromptEntry, PromptFiles, build_entry
 from app.registry.peft_format import Limits
@@ -41,8 +41,8 @@ def _entry(folder: Path, spec: ModelSpec) -> tuple[PromptFiles, PromptEntry]:
     return files, entry
 
 
-def average(entries: list[tuple[PromptFiles, PromptEntry]]) -> tuple[bytes, torch.Tensor]:
-    """The element-wise mean of the prompts' tensors: (safetensors bytes, the served table)."""
+def average(entries: list[tuple[PromptFiles, PromptEntry]]) -> bytes:
+    """The element-wise mean of the prompts' tensors, as a safetensors file."""
     configs = {json.loads(files.adapter_config)["peft_type"] for files, _ in entries}
     shapes = {tuple(entry.soft_prompt.table.shape) for _, entry in entries}
     if len(configs) != 1 or len(shapes) != 1:
@@ -52,8 +52,7 @@ def average(entries: list[tuple[PromptFiles, PromptEntry]]) -> tuple[bytes, torc
     if any(set(t) != keys for t in tensors):
         raise SystemExit("the prompts' tensor files hold different keys")
     mean = {k: torch.stack([t[k].float() for t in tensors]).mean(0).contiguous() for k in keys}
-    table = torch.stack([e.soft_prompt.table for _, e in entries]).mean(0)  # [P, L*2*kv_dim]
-    return save_safetensors(mean, metadata={"format": "pt"}), table
+    return save_safetensors(mean, metadata={"format": "pt"})
 
 
 def main() -> None:
@@ -74,15 +73,16 @@ def main() -> None:
     for folder, (_, entry) in zip(args.prompt, entries, strict=True):
         result = classify(base, Subject(entry.soft_prompt, first.meta.template), texts, names)
         print(f"{folder}: dev accuracy {result.accuracy:.3f} ({result.correct}/{result.total})")
-    data, table = average(entries)
-    prompt = SoftPrompt(key="soup", kind=first.kind, table=table)
-    result = classify(base, Subject(prompt, first.meta.template), texts, names)
+    # The average is scored as the server will read it: built from the very files --out writes.
+    files = replace(entries[0][0], adapter_model=average(entries))
+    soup = build_entry(args.task, files, spec=base.spec, limits=Limits(), version=1, created=0.0)
+    result = classify(base, Subject(soup.soft_prompt, first.meta.template), texts, names)
     print(
         f"average of {len(entries)}: dev accuracy {result.accuracy:.3f} "
         f"({result.correct}/{result.total}): {result.classes}"
     )
     if args.out:
-        task = json.loads(entries[0][0].task or b"{}")
+        task = json.loads(files.task or b"{}")
         task.setdefault("info", {})["soup"] = {
             "of": [str(p) for p in args.prompt],
             "evaluation": {
@@ -91,11 +91,7 @@ def main() -> None:
                 "accuracy": round(result.accuracy, 3),
             },
         }
-        files = PromptFiles(
-            adapter_config=entries[0][0].adapter_config,
-            adapter_model=data,
-            task=(json.dumps(task, indent=2) + "\n").encode(),
-        )
+        files = replace(files, task=(json.dumps(task, indent=2) + "\n").encode())
         args.out.mkdir(parents=True, exist_ok=True)
         Registry(args.out, base.spec).put(args.task, files)
         print(f"wrote {args.out / args.task}")
