@@ -8,7 +8,7 @@ here=$(dirname "$0")/hard-prompts
 mkdir -p "$out"
 dev=(--data "$data/dev.tsv" --input-col content --output-col label --label-map 0=negative,1=positive)
 # Templates that end in "Sentiment:" are naturally followed by " positive" (with a space).
-for name in zero-shot instruction few-shot-4 few-shot-8; do
+for name in zero-shot zero-shot-echo instruction few-shot-4 few-shot-8; do
   softserve eval --hard-prompt "@$here/$name.txt" "${dev[@]}" --labels " positive, negative" \
     --json "$out/hard-$name.dev.json"
 done

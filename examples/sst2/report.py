@@ -15,6 +15,7 @@ SOFT = {"sst2-prefix": "prefix tuning", "sst2-prompt": "prompt tuning", "sst2-p-
 HARD = {
     "hard-zero-shot": "hard: zero-shot template, labels ' positive'/' negative'",
     "hard-zero-shot-nospace": "hard: zero-shot template, labels 'positive'/'negative'",
+    "hard-zero-shot-echo": "hard: zero-shot template reading the review twice",
     "hard-instruction": "hard: instruction + template",
     "hard-few-shot-4": "hard: 4-shot",
     "hard-few-shot-8": "hard: 8-shot",
