@@ -51,7 +51,9 @@ def main() -> None:
             shutil.rmtree(target)
         shutil.copytree(args.runs / best[0], target)
         task = json.loads((target / "task.json").read_text())
-        task["description"] = f"SST-2 movie-review sentiment ({SOFT[best[0]]}): positive or negative"
+        task["description"] = (
+            f"SST-2 movie-review sentiment ({SOFT[best[0]]}): positive or negative"
+        )
         (target / "task.json").write_text(json.dumps(task, indent=2) + "\n")
         print(f"copied {best[0]} ({best[2]:.3f}) to {target}")
 
