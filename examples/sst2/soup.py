@@ -1,5 +1,11 @@
-"""SST-2: average the key/value tables of prefix prompts trained from the same init ("model
-soup", Wortsman et al. 2022) and score the average on dev by the eval command's rule.
+"""SST-2: combine several prefix prompts two ways and score both on dev by the eval command's rule.
+
+- The prediction ensemble: each prompt scores the labels under its own template, and the mean of
+  their normalised label log-likelihoods decides. It needs one forward pass per prompt, so it is
+  not served; it is the measure of how far combining these prompts can go at all, and the
+  report of how many reviews every prompt gets wrong says how alike their errors are.
+- The "model soup" (Wortsman et al. 2022): the element-wise mean of the key/value tables, for
+  prompts of one template (the mean of prompts read under different templates means nothing).
 
 Prompts trained from one init (here the same text init, different seeds: different shuffles and
 validation splits) tend to stay in one basin, where the mean of their weights can beat each of
@@ -8,7 +14,7 @@ them. The average is one table of the same shape, so it is served like any other
 its task.json the first prompt's plus a record of the soup.
 
     python examples/sst2/soup.py --prompt prompts/sst2-sentiment --prompt runs/soup1/sst2-prefix-seed1 \
-        [--out runs/soup --task sst2-soup]
+        [--prompt ...] [--out runs/soup --task sst2-soup]
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from app.registry.peft_format import Limits
 from app.registry.store import Registry, read_prompt_folder
 from app.settings import Settings
 from app.train.data import Columns, TextExample, load_examples, parse_label_map
-from app.train.evaluate import Subject, classify
+from app.train.evaluate import Subject, classify, label_loglikelihoods
 
 LABELS = "0=negative,1=positive"
 
@@ -69,10 +75,26 @@ def main() -> None:
     dev = load_examples(args.data, Columns("content", "label", labels))
     texts = [e for e in dev if isinstance(e, TextExample)]
     names = [text for _, text in labels]
-    first = entries[0][1]
+    gold = torch.tensor([names.index(e.output.strip()) for e in texts])  # [N]
+    right = []  # one [N] bool per prompt: which reviews it gets right
+    normalised = []  # one [N, 2] per prompt: log-probabilities over the two labels alone
     for folder, (_, entry) in zip(args.prompt, entries, strict=True):
-        result = classify(base, Subject(entry.soft_prompt, first.meta.template), texts, names)
-        print(f"{folder}: dev accuracy {result.accuracy:.3f} ({result.correct}/{result.total})")
+        subject = Subject(entry.soft_prompt, entry.meta.template)
+        scores = label_loglikelihoods(base, subject, [e.input for e in texts], names)  # [N, 2]
+        right.append(scores.argmax(dim=1) == gold)
+        normalised.append(scores.log_softmax(dim=1))
+        print(f"{folder}: dev accuracy {right[-1].float().mean():.3f} ({int(right[-1].sum())})")
+    ensemble = torch.stack(normalised).mean(dim=0).argmax(dim=1) == gold  # [N]
+    wrong = ~torch.stack(right)  # [P, N]
+    print(
+        f"prediction ensemble of {len(entries)}: dev accuracy {ensemble.float().mean():.3f} "
+        f"({int(ensemble.sum())}/{len(texts)}); wrong under every prompt: "
+        f"{int(wrong.all(dim=0).sum())}, under at least one: {int(wrong.any(dim=0).sum())}"
+    )
+    first = entries[0][1]
+    if len({entry.meta.template for _, entry in entries}) != 1:
+        print("no soup: the prompts are read under different templates")
+        return
     # The average is scored as the server will read it: built from the very files --out writes.
     files = replace(entries[0][0], adapter_model=average(entries))
     soup = build_entry(args.task, files, spec=base.spec, limits=Limits(), version=1, created=0.0)
