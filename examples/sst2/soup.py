@@ -71,6 +71,9 @@ def main() -> None:
     settings = Settings()
     base = load_base_model(settings.model, device=settings.device, cache_dir=settings.cache_dir)
     entries = [_entry(folder, base.spec) for folder in args.prompt]
+    one_template = len({entry.meta.template for _, entry in entries}) == 1
+    if args.out and not one_template:  # said before the minutes of scoring, not after
+        raise SystemExit("--out: no soup to write, the prompts are read under different templates")
     labels = parse_label_map(LABELS)
     dev = load_examples(args.data, Columns("content", "label", labels))
     texts = [e for e in dev if isinstance(e, TextExample)]
@@ -92,7 +95,7 @@ def main() -> None:
         f"{int(wrong.all(dim=0).sum())}, under at least one: {int(wrong.any(dim=0).sum())}"
     )
     first = entries[0][1]
-    if len({entry.meta.template for _, entry in entries}) != 1:
+    if not one_template:
         print("no soup: the prompts are read under different templates")
         return
     # The average is scored as the server will read it: built from the very files --out writes.
